@@ -1,0 +1,76 @@
+"""A chat in the terminal: each input line is a message, each reply is printed.
+
+Reads piped input too, so a session can be scripted, and ends cleanly at end of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import tzinfo
+from typing import TextIO
+
+from bot.commands import CommandHandler
+from bot.messages import Message
+from bot.render import render_plain
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "local"
+
+
+class ConsoleAdapter:
+    """Reads lines from `stdin` as messages from `user` and writes replies to `stdout`."""
+
+    def __init__(
+        self,
+        handler: CommandHandler,
+        *,
+        user: str,
+        zone: tzinfo | None = None,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        self._handler = handler
+        self._user = user
+        self._zone = zone
+        self._stdin = stdin or sys.stdin
+        self._stdout = stdout or sys.stdout
+        self._interactive = self._stdin.isatty()
+
+    async def run(self) -> None:
+        """Answer lines until end of input."""
+        if self._interactive:
+            self._write(f"deploybot console as {self._user}. Say `help` for commands.\n")
+        count = 0
+        while True:
+            line = await self._read_line()
+            if line is None:
+                break
+            if not line.strip():
+                continue
+            count += 1
+            message = Message(
+                platform=PLATFORM,
+                user_id=self._user,
+                display_name=self._user,
+                channel="console",
+                text=line.rstrip("\n"),
+                direct=True,
+                event_id=str(count),
+            )
+            reply = await self._handler.handle(message)
+            self._write(render_plain(reply.parts, self._zone).rstrip("\n") + "\n")
+        log.info("console input ended messages=%s", count)
+
+    async def _read_line(self) -> str | None:
+        """The next line, or None at end of input; reading blocks, so it runs in a thread."""
+        if self._interactive:
+            self._write("deploybot> ")
+        line = await asyncio.to_thread(self._stdin.readline)
+        return line or None
+
+    def _write(self, text: str) -> None:
+        self._stdout.write(text)
+        self._stdout.flush()

@@ -1,0 +1,419 @@
+"""The `deploybot` command: the bot itself, and lease and job commands for pipelines.
+
+Exit status: 0 done, 1 refused (held by someone else, not the holder, check failed),
+2 usage or validation error, 3 state store unreachable, 4 an unexpected failure (a bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from bot.config import ConfigError, Secrets, Settings, load_settings
+from bot.embedded import EmbeddedServerError, server_running, stop_server
+from bot.errors import DeploybotError, StoreUnavailable
+from bot.messages import Part, When
+from bot.model import Holder, LeaseKind
+from bot.render import render_plain, resolve_zone
+from bot.replies import history_parts, jobs_parts, lease_change_parts, status_parts
+from bot.runtime import Runtime, open_runtime
+from bot.store import LeaseChange
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CRASH = 1, 2, 3, 4
+CLI_PLATFORM = "local"
+
+T = TypeVar("T")
+
+
+class Context:
+    """What every subcommand shares: the settings and how to reach Redis."""
+
+    def __init__(self, settings: Settings, redis_url: str | None) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.zone = resolve_zone(settings.timezone)
+
+    def run(self, work: Callable[[Runtime], Awaitable[T]]) -> T:
+        """Run `work` against a fresh runtime; expected failures exit with their status."""
+        return asyncio.run(self._run(work))
+
+    async def _run(self, work: Callable[[Runtime], Awaitable[T]]) -> T:
+        try:
+            async with open_runtime(self.settings, Secrets(), redis_url=self.redis_url) as rt:
+                return await work(rt)
+        except DeploybotError as error:
+            fail(render_plain(error.parts(), self.zone), error.exit_code)
+        except EmbeddedServerError as error:
+            fail(f"{error} {StoreUnavailable()}", EXIT_UNAVAILABLE)
+        except Exception:
+            ref = secrets.token_hex(3)
+            log.exception("cli command crashed ref=%s", ref)
+            fail(f"something went wrong (ref {ref}); see the log above.", EXIT_CRASH)
+
+    def show(self, *parts: Part) -> None:
+        """Print parts rendered as plain text."""
+        click.echo(render_plain(parts, self.zone))
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print an error to stderr and exit with `code`."""
+    click.echo(f"deploybot: {message}", err=True)
+    sys.exit(code)
+
+
+def default_user() -> str:
+    """Who a command acts as without --as: $DEPLOYBOT_USER, else the login name."""
+    return os.environ.get("DEPLOYBOT_USER") or getpass.getuser()
+
+
+as_option = click.option(
+    "--as",
+    "user",
+    default=default_user,
+    show_default="$DEPLOYBOT_USER or your login name",
+    help="Who is acting (the holder's name).",
+)
+ttl_option = click.option("--ttl", help="Duration such as 30m, 2h, 1h30m, 1d.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Hand the shared Context to a subcommand."""
+
+    @click.pass_obj
+    @wraps(func)
+    def wrapper(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+        return func(ctx, *args, **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    envvar="DEPLOYBOT_CONFIG",
+    help="Settings file (default: ./config.yaml if present).",
+)
+@click.option("--redis-url", help="Redis to use (default: $REDIS_URL, else the embedded server).")
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr.")
+@click.pass_context
+def cli(
+    click_ctx: click.Context, config_path: Path | None, redis_url: str | None, verbose: bool
+) -> None:
+    """deploybot: deploy locks, staging claims and job statuses, shared with chat."""
+    # One-shot commands report their own failures; the long-running ones also log warnings.
+    quiet_level = (
+        logging.WARNING if click_ctx.invoked_subcommand in ("run", "console") else logging.ERROR
+    )
+    logging.basicConfig(
+        level=logging.INFO if verbose else quiet_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as error:
+        fail(str(error), EXIT_USAGE)
+    click_ctx.obj = Context(settings, redis_url)
+
+
+def _lease_summary(ctx: Context, change: LeaseChange, quiet: bool, as_json: bool) -> None:
+    """Print what a lease command did: a sentence, the token alone, or JSON."""
+    lease = change.lease
+    if quiet:
+        click.echo(str(lease.token))
+    elif as_json:
+        click.echo(json.dumps({"outcome": change.outcome, **lease.to_dict()}, indent=2))
+    else:
+        ctx.show(*lease_change_parts(change))
+
+
+@cli.command()
+@click.argument("service")
+@as_option
+@ttl_option
+@click.option("--note", default="", help="Commit, branch or reason, shown to others.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the fencing token.")
+@json_option
+@pass_context
+def lock(
+    ctx: Context, service: str, user: str, ttl: str | None, note: str, quiet: bool, as_json: bool
+) -> None:
+    """Take the deploy lock on SERVICE (exit 1 if someone else holds it)."""
+    change = ctx.run(
+        lambda rt: rt.leases.acquire(
+            LeaseKind.LOCK, service, _holder(user), duration=ttl, note=note
+        )
+    )
+    _lease_summary(ctx, change, quiet, as_json)
+
+
+@cli.command()
+@click.argument("env")
+@as_option
+@click.option("--branch", default="", help="Branch deployed to the environment.")
+@ttl_option
+@click.option("--note", default="", help="Anything else others should know.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the fencing token.")
+@json_option
+@pass_context
+def claim(
+    ctx: Context,
+    env: str,
+    user: str,
+    branch: str,
+    ttl: str | None,
+    note: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Claim the staging environment ENV (exit 1 if someone else has it)."""
+    text = " ".join(part for part in (branch, note) if part)
+    change = ctx.run(
+        lambda rt: rt.leases.acquire(LeaseKind.CLAIM, env, _holder(user), duration=ttl, note=text)
+    )
+    _lease_summary(ctx, change, quiet, as_json)
+
+
+@cli.command()
+@click.argument("service")
+@as_option
+@pass_context
+def unlock(ctx: Context, service: str, user: str) -> None:
+    """Release your deploy lock on SERVICE."""
+    change = ctx.run(lambda rt: rt.leases.release(LeaseKind.LOCK, service, _holder(user)))
+    _lease_summary(ctx, change, False, False)
+
+
+@cli.command()
+@click.argument("env")
+@as_option
+@pass_context
+def release(ctx: Context, env: str, user: str) -> None:
+    """Release your claim on the staging environment ENV."""
+    change = ctx.run(lambda rt: rt.leases.release(LeaseKind.CLAIM, env, _holder(user)))
+    _lease_summary(ctx, change, False, False)
+
+
+@cli.command()
+@click.argument("name")
+@as_option
+@ttl_option
+@json_option
+@pass_context
+def extend(ctx: Context, name: str, user: str, ttl: str | None, as_json: bool) -> None:
+    """Extend your lock or claim NAME to now + TTL (default: its kind's default)."""
+    changes = ctx.run(lambda rt: rt.leases.extend(name, _holder(user), duration=ttl))
+    for change in changes:
+        _lease_summary(ctx, change, False, as_json)
+
+
+@cli.command("force-unlock")
+@click.argument("service")
+@as_option
+@click.option("--reason", required=True, help="Why; recorded in the history.")
+@pass_context
+def force_unlock(ctx: Context, service: str, user: str, reason: str) -> None:
+    """Admins: release anyone's lock on SERVICE."""
+    change = ctx.run(
+        lambda rt: rt.leases.force_release(LeaseKind.LOCK, service, _holder(user), reason)
+    )
+    _lease_summary(ctx, change, False, False)
+
+
+@cli.command("force-release")
+@click.argument("env")
+@as_option
+@click.option("--reason", required=True, help="Why; recorded in the history.")
+@pass_context
+def force_release(ctx: Context, env: str, user: str, reason: str) -> None:
+    """Admins: release anyone's claim on ENV."""
+    change = ctx.run(
+        lambda rt: rt.leases.force_release(LeaseKind.CLAIM, env, _holder(user), reason)
+    )
+    _lease_summary(ctx, change, False, False)
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--token", required=True, type=int, help="The token `lock` printed.")
+@pass_context
+def check(ctx: Context, service: str, token: int) -> None:
+    """Exit 0 only if the lock on SERVICE is still held with TOKEN."""
+    result = ctx.run(lambda rt: rt.leases.check(service, token))
+    lease = result.lease
+    if result.valid and lease is not None:
+        ctx.show(
+            f"ok: {lease.holder.display} holds {lease.name} with token {token} until ",
+            When(lease.expires_at, result.now_ms),
+        )
+        return
+    if lease is None:
+        fail(
+            f"the lock on {service.lower()} is no longer held (expired or released); "
+            f"token {token} is not valid",
+            EXIT_REFUSED,
+        )
+    fail(
+        f"the lock on {lease.name} is now held by {lease.holder.display} with token "
+        f"{lease.token}; token {token} is not valid",
+        EXIT_REFUSED,
+    )
+
+
+@cli.command()
+@click.argument("name", required=False)
+@json_option
+@pass_context
+def status(ctx: Context, name: str | None, as_json: bool) -> None:
+    """Show current locks and claims, or those called NAME."""
+    listing = ctx.run(lambda rt: rt.leases.status(name))
+    if as_json:
+        payload = {
+            "now": listing.now_ms,
+            "leases": [lease.to_dict() for lease in listing.leases],
+            "corrupt": listing.corrupt,
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    ctx.show(*status_parts(ctx.settings, listing, list(LeaseKind), name is not None))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--count", type=click.IntRange(1, 1000), help="How many events.")
+@json_option
+@pass_context
+def history(ctx: Context, name: str, count: int | None, as_json: bool) -> None:
+    """Show the latest events for the service or environment NAME."""
+    events, now = ctx.run(lambda rt: rt.leases.history(name, count))
+    if as_json:
+        click.echo(json.dumps([event.to_dict() for event in events], indent=2))
+        return
+    ctx.show(*history_parts(name, events, now))
+
+
+@cli.group()
+def job() -> None:
+    """Report job statuses (for pipelines)."""
+
+
+@job.command("set")
+@click.argument("name")
+@click.option(
+    "--status", "state", required=True, help="pending, running, succeeded, failed, or short text."
+)
+@click.option("--url", help="Link to the run.")
+@click.option("--detail", help="One line of detail.")
+@as_option
+@pass_context
+def job_set(
+    ctx: Context, name: str, state: str, url: str | None, detail: str | None, user: str
+) -> None:
+    """Record the status of job NAME."""
+    recorded = ctx.run(
+        lambda rt: rt.jobs.set(name, state, updated_by=user, url=url, detail=detail)
+    )
+    click.echo(f"job {recorded.name} is {recorded.status}")
+
+
+@job.command("rm")
+@click.argument("name")
+@as_option
+@pass_context
+def job_rm(ctx: Context, name: str, user: str) -> None:
+    """Forget job NAME."""
+    removed = ctx.run(lambda rt: rt.jobs.remove(name, removed_by=user))
+    if not removed:
+        fail(f"there is no job called {name.lower()}; nothing changed", EXIT_REFUSED)
+    click.echo(f"job {name.lower()} removed")
+
+
+@cli.command()
+@json_option
+@pass_context
+def jobs(ctx: Context, as_json: bool) -> None:
+    """Show job statuses."""
+    listing = ctx.run(lambda rt: rt.jobs.list())
+    if as_json:
+        payload = {"jobs": [job.to_dict() for job in listing.jobs], "corrupt": listing.corrupt}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    ctx.show(*jobs_parts(listing))
+
+
+@cli.command()
+@as_option
+@pass_context
+def console(ctx: Context, user: str) -> None:
+    """Chat with deploybot in this terminal (or from piped input)."""
+    from adapters.console import ConsoleAdapter
+
+    async def chat(rt: Runtime) -> None:
+        await ConsoleAdapter(rt.commands, user=user, zone=ctx.zone).run()
+
+    ctx.run(chat)
+
+
+@cli.command()
+@as_option
+@pass_context
+def run(ctx: Context, user: str) -> None:
+    """Run the bot: Slack and/or Mattermost when configured, else the console."""
+    from adapters.console import ConsoleAdapter
+
+    async def serve(rt: Runtime) -> None:
+        await ConsoleAdapter(rt.commands, user=user, zone=ctx.zone).run()
+
+    ctx.run(serve)
+
+
+@cli.group()
+def server() -> None:
+    """Manage the embedded Redis-compatible server."""
+
+
+@server.command("status")
+@pass_context
+def server_status(ctx: Context) -> None:
+    """Say whether the embedded server runs, and where its data lives."""
+    data_dir = ctx.settings.resolved_data_dir()
+    state = "running" if server_running(data_dir) else "stopped"
+    click.echo(f"embedded server {state}; data in {data_dir}")
+
+
+@server.command("stop")
+@pass_context
+def server_stop(ctx: Context) -> None:
+    """Stop the embedded server (its data is kept and used again on the next start)."""
+    data_dir = ctx.settings.resolved_data_dir()
+    stopped = stop_server(data_dir)
+    click.echo("embedded server stopped" if stopped else "embedded server was not running")
+
+
+def _holder(user: str) -> Holder:
+    """The holder a CLI or console user acts as; the same identity in both."""
+    name = user.strip()
+    if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
+        fail(f"--as needs a name of 1 to 64 characters without spaces, not {user!r}", EXIT_USAGE)
+    return Holder(CLI_PLATFORM, name, name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="deploybot")

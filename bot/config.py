@@ -1,0 +1,202 @@
+"""Settings: non-secret ones from config.yaml, overridden by the environment; secrets from the
+environment only.
+
+Durations in the file are written the way people type them (`1h`, `7d`) and held here in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pytimeparse.timeparse import timeparse as parse_seconds
+
+from bot.model import Holder, LeaseKind
+from bot.names import normalize_name
+
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+def _duration_ms(value: Any) -> Any:
+    """Accept `90s`, `30m`, `1h30m`, `7d` (or a number of seconds) and return milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value * 1000)
+    if isinstance(value, str):
+        seconds = parse_seconds(value.strip())
+        if seconds is None or seconds <= 0:
+            raise ValueError(f"{value!r} is not a positive duration such as 30m, 2h or 7d")
+        return int(seconds * 1000)
+    return value
+
+
+DurationMs = Annotated[int, BeforeValidator(_duration_ms), Field(gt=0)]
+
+
+class LeaseSettings(BaseModel):
+    """Defaults and bounds for one kind of lease."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_ttl: DurationMs
+    max_ttl: DurationMs
+
+
+class Settings(BaseSettings):
+    """Everything non-secret; see config.yaml for each key's meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEPLOYBOT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    namespace: str = "deploybot"
+    timezone: str = ""
+    data_dir: Path | None = None
+    admins: list[str] = Field(default_factory=list)
+    services: list[str] = Field(default_factory=list)
+    environments: list[str] = Field(default_factory=list)
+    lock: LeaseSettings = Field(
+        default_factory=lambda: LeaseSettings.model_validate(
+            {"default_ttl": "1h", "max_ttl": "24h"}
+        )
+    )
+    claim: LeaseSettings = Field(
+        default_factory=lambda: LeaseSettings.model_validate(
+            {"default_ttl": "4h", "max_ttl": "7d"}
+        )
+    )
+    job_retention: DurationMs = Field(default=86_400_000, validate_default=False)
+    events_max: int = Field(default=10_000, ge=100)
+    history_count: int = Field(default=10, ge=1, le=100)
+    max_message_length: int = Field(default=4000, ge=100)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
+        return normalize_name(value, "namespace")
+
+    @field_validator("services", "environments")
+    @classmethod
+    def _check_names(cls, values: list[str], info: Any) -> list[str]:
+        """Listed names follow the same rules as names typed in chat."""
+        what = "service" if info.field_name == "services" else "environment"
+        return [normalize_name(value, what) for value in values]
+
+    @field_validator("admins")
+    @classmethod
+    def _check_admins(cls, values: list[str]) -> list[str]:
+        """Admins are written `platform:user_id`, the same identity holders carry."""
+        for value in values:
+            if ":" not in value:
+                raise ValueError(
+                    f"admin {value!r} needs its platform, e.g. slack:U024BE7LH or local:{value}"
+                )
+        return values
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then the environment, then the YAML file (if the class has one)."""
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    def lease(self, kind: LeaseKind) -> LeaseSettings:
+        """The defaults and bounds for `kind`."""
+        return self.lock if kind is LeaseKind.LOCK else self.claim
+
+    def known_names(self, kind: LeaseKind) -> list[str]:
+        """The configured services or environments; empty means any valid name works."""
+        return self.services if kind is LeaseKind.LOCK else self.environments
+
+    def is_admin(self, holder: Holder) -> bool:
+        """Whether `holder` may force-release other people's leases."""
+        return holder.identity.lower() in {admin.lower() for admin in self.admins}
+
+    def resolved_data_dir(self) -> Path:
+        """Where the embedded server keeps its files."""
+        if self.data_dir is not None:
+            return self.data_dir.expanduser()
+        return Path(platformdirs.user_data_dir("deploybot")) / "redis"
+
+
+class Secrets(BaseSettings):
+    """Credentials, read from the environment only and never logged."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load settings from `path` (or $DEPLOYBOT_CONFIG, or ./config.yaml when present).
+
+    An explicitly named file must exist; the default one is optional, so the bot runs with
+    built-in defaults from any directory.
+    """
+    explicit = path or (
+        Path(os.environ["DEPLOYBOT_CONFIG"]) if "DEPLOYBOT_CONFIG" in os.environ else None
+    )
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError(f"The config file {explicit} does not exist; check the path.")
+    yaml_file = explicit or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
+
+    try:
+        if yaml_file is None:
+            return Settings()
+        from_file = type(
+            "FileSettings",
+            (Settings,),
+            {"model_config": {**Settings.model_config, "yaml_file": yaml_file}},
+        )
+        return from_file()  # type: ignore[no-any-return]
+    except ValidationError as error:
+        raise ConfigError(_describe(error, yaml_file)) from None
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"Cannot read the config file {yaml_file}: {error}") from None
+
+
+def _describe(error: ValidationError, yaml_file: Path | None) -> str:
+    """One line per bad setting, naming the key and the problem."""
+    where = (
+        f" in {yaml_file} or DEPLOYBOT_* variables" if yaml_file else " in DEPLOYBOT_* variables"
+    )
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting (secrets such as REDIS_URL come from the environment only)"
+        problems.append(f"{key}: {message}")
+    return f"Invalid settings{where}: " + "; ".join(problems)

@@ -1,0 +1,52 @@
+"""Durations typed by people (`90s`, `30m`, `1h30m`, `1d`) and spans shown back to them."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import humanize
+from pytimeparse.timeparse import timeparse as parse_seconds
+
+from bot.errors import InvalidDuration
+
+MINIMUM_MS = 60_000
+
+_LOOKS_LIKE_DURATION = re.compile(r"^[+-]?\d")
+_EXAMPLES = "like 90s, 30m, 2h, 1h30m or 1d"
+
+
+def looks_like_duration(word: str) -> bool:
+    """Whether a word was meant as a duration (it starts with a number).
+
+    Used to tell an optional duration argument from the note that may follow it, so that a
+    malformed duration is reported instead of silently becoming part of the note.
+    """
+    return bool(_LOOKS_LIKE_DURATION.match(word))
+
+
+def parse_duration(text: str, *, maximum_ms: int, minimum_ms: int = MINIMUM_MS) -> int:
+    """Parse a duration into milliseconds, within [minimum_ms, maximum_ms]."""
+    seconds = parse_seconds(text.strip()) if text.strip() else None
+    if seconds is None:
+        msg = f"`{text}` is not a duration I understand; use one {_EXAMPLES}."
+        raise InvalidDuration(text, msg)
+
+    duration_ms = int(seconds * 1000)
+    if duration_ms <= 0:
+        msg = f"A duration must be positive, and `{text}` is not; use one {_EXAMPLES}."
+        raise InvalidDuration(text, msg)
+    if duration_ms < minimum_ms:
+        msg = f"`{text}` is too short: the shortest is {format_span(minimum_ms)}."
+        raise InvalidDuration(text, msg)
+    if duration_ms > maximum_ms:
+        msg = f"`{text}` is too long: the longest allowed is {format_span(maximum_ms)}."
+        raise InvalidDuration(text, msg)
+    return duration_ms
+
+
+def format_span(ms: int) -> str:
+    """A span for people: `45 seconds`, `1 hour and 30 minutes`, `7 days`."""
+    delta = timedelta(milliseconds=max(0, ms))
+    unit = "minutes" if delta >= timedelta(minutes=1) else "seconds"
+    return str(humanize.precisedelta(delta, minimum_unit=unit, format="%0.0f"))

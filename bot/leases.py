@@ -1,0 +1,156 @@
+"""Deploy locks and staging claims: one lease mechanism, validated here, stored atomically.
+
+Everything a person types (names, durations, notes) is checked here before the store sees
+it; the store then decides atomically. Locks and claims differ only in their settings and
+words, so a fix to one is a fix to both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.config import Settings
+from bot.durations import parse_duration
+from bot.errors import NotAdmin, NotHeld, NotHolder, UsageError
+from bot.model import Event, Holder, Lease, LeaseKind, Origin
+from bot.names import normalize_name
+from bot.store import LeaseChange, LeaseListing, Store
+
+MAX_NOTE_LENGTH = 500
+MAX_REASON_LENGTH = 500
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Whether a pipeline's token still holds its lock, and what holds it instead if not."""
+
+    valid: bool
+    lease: Lease | None
+    now_ms: int
+
+
+class LeaseService:
+    """The operations people and pipelines perform on leases."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+
+    def name(self, kind: LeaseKind, raw: str) -> str:
+        """Validate a service or environment name against the rules and the config."""
+        return normalize_name(raw, kind.resource, self._settings.known_names(kind))
+
+    def duration(self, kind: LeaseKind, text: str | None) -> int:
+        """Milliseconds for `text`, or the kind's default; bounded by the kind's maximum."""
+        limits = self._settings.lease(kind)
+        if text is None:
+            return limits.default_ttl
+        return parse_duration(text, maximum_ms=limits.max_ttl)
+
+    async def acquire(
+        self,
+        kind: LeaseKind,
+        raw_name: str,
+        holder: Holder,
+        *,
+        duration: str | None = None,
+        note: str = "",
+        origin: Origin | None = None,
+    ) -> LeaseChange:
+        """Take or refresh a lease; raises LeaseHeld with the holder's details if taken."""
+        name = self.name(kind, raw_name)
+        ttl_ms = self.duration(kind, duration)
+        note = _bounded(note, "note", MAX_NOTE_LENGTH)
+        return await self._store.acquire(
+            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin
+        )
+
+    async def release(self, kind: LeaseKind, raw_name: str, holder: Holder) -> LeaseChange:
+        """Release a lease `holder` holds."""
+        return await self._store.release(kind, self.name(kind, raw_name), holder)
+
+    async def force_release(
+        self, kind: LeaseKind, raw_name: str, admin: Holder, reason: str
+    ) -> LeaseChange:
+        """Release anyone's lease; admins only, and the reason goes into the history."""
+        name = self.name(kind, raw_name)
+        if not self._settings.is_admin(admin):
+            raise NotAdmin(admin.identity)
+        reason = _bounded(reason, "reason", MAX_REASON_LENGTH)
+        if not reason:
+            raise UsageError("Say why you force it, e.g. `force-unlock backend deploy is stuck`.")
+        return await self._store.release(kind, name, admin, force_reason=reason)
+
+    async def extend(
+        self, raw_name: str, holder: Holder, *, duration: str | None = None
+    ) -> list[LeaseChange]:
+        """Extend whatever `holder` holds under this name: the lock, the claim, or both.
+
+        A name can be both a service and an environment; people say `extend api` without
+        naming the kind, so the holder's own leases decide.
+        """
+        mine, others = await self._leases_named(raw_name, holder)
+        if not mine:
+            if others:
+                raise NotHolder(others[0], "extend")
+            raise NotHeld(None, raw_name.strip().lower())
+
+        changes = []
+        for lease in mine:
+            ttl_ms = self.duration(lease.kind, duration)
+            changes.append(await self._store.extend(lease.kind, lease.name, holder, ttl_ms=ttl_ms))
+        return changes
+
+    async def status(self, raw_name: str | None = None) -> LeaseListing:
+        """All current leases, or those named `raw_name` (lock and claim alike)."""
+        listing = await self._store.leases()
+        if raw_name is None:
+            return listing
+        name = self._any_name(raw_name)
+        leases = [lease for lease in listing.leases if lease.name == name]
+        corrupt = [key for key in listing.corrupt if key.rsplit(":", 1)[-1] == name]
+        return LeaseListing(leases, corrupt, listing.now_ms)
+
+    async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
+        """The latest events about a name, newest first, and Redis's clock."""
+        count = count or self._settings.history_count
+        events = await self._store.history(self._any_name(raw_name), count=count)
+        return events, await self._store.now_ms()
+
+    async def check(self, raw_name: str, token: int) -> CheckResult:
+        """Whether the lock on `raw_name` is still held with `token`.
+
+        A pipeline calls this before each risky step: a lock that expired, or expired and
+        was taken by someone else, fails the check even if the pipeline never noticed.
+        """
+        name = self.name(LeaseKind.LOCK, raw_name)
+        lease = await self._store.get(LeaseKind.LOCK, name)
+        now = await self._store.now_ms()
+        return CheckResult(lease is not None and lease.token == token, lease, now)
+
+    async def _leases_named(
+        self, raw_name: str, holder: Holder
+    ) -> tuple[list[Lease], list[Lease]]:
+        """Split the live leases called `raw_name` into the holder's and other people's."""
+        name = self._any_name(raw_name)
+        mine: list[Lease] = []
+        others: list[Lease] = []
+        for kind in LeaseKind:
+            lease = await self._store.get(kind, name)
+            if lease is not None:
+                (mine if lease.holder.same_person(holder) else others).append(lease)
+        return mine, others
+
+    def _any_name(self, raw: str) -> str:
+        """Validate a name that may be a service or an environment."""
+        services, environments = self._settings.services, self._settings.environments
+        known = [*services, *environments] if services and environments else []
+        return normalize_name(raw, "service or environment", known)
+
+
+def _bounded(text: str, what: str, limit: int) -> str:
+    """Strip `text` and refuse it if longer than `limit` characters."""
+    text = text.strip()
+    if len(text) > limit:
+        raise UsageError(f"That {what} is {len(text)} characters; keep it under {limit}.")
+    return text

@@ -1,0 +1,171 @@
+"""What deploybot says about leases, history and jobs, as reply parts.
+
+Chat commands and the CLI both build their answers here, so a pipeline's terminal and a
+chat channel describe the same change in the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.config import Settings
+from bot.durations import format_span
+from bot.messages import Code, Mention, Part, When
+from bot.model import Event, Holder, Job, Lease, LeaseKind
+from bot.store import JobListing, LeaseChange, LeaseListing
+
+_VERBS = {
+    (LeaseKind.LOCK, "acquired"): "locked",
+    (LeaseKind.CLAIM, "acquired"): "claimed",
+    (LeaseKind.LOCK, "released"): "unlocked",
+    (LeaseKind.CLAIM, "released"): "released",
+}
+
+
+def lease_change_parts(change: LeaseChange) -> list[Part]:
+    """One sentence on what a lease command did: who, what, until when, why, which token."""
+    lease, now = change.lease, change.now_ms
+    outcome = change.outcome
+
+    if outcome == "released":
+        verb = _VERBS[(lease.kind, outcome)]
+        held = format_span(now - lease.acquired_at)
+        return [Mention(lease.holder), f" {verb} ", Code(lease.name), f" after {held}."]
+    if outcome == "forced":
+        return [
+            f"The {lease.kind} on ",
+            Code(lease.name),
+            " held by ",
+            Mention(lease.holder),
+            " was force-released.",
+        ]
+
+    if outcome == "refreshed":
+        head: list[Part] = [
+            Mention(lease.holder),
+            " already held ",
+            Code(lease.name),
+            "; refreshed until ",
+        ]
+    elif outcome == "extended":
+        head = [
+            Mention(lease.holder),
+            f" extended the {lease.kind} on ",
+            Code(lease.name),
+            " until ",
+        ]
+    else:
+        head = [
+            Mention(lease.holder),
+            f" {_VERBS[(lease.kind, 'acquired')]} ",
+            Code(lease.name),
+            " until ",
+        ]
+    note: list[Part] = [": ", lease.note] if lease.note else []
+    return [*head, When(lease.expires_at, now), *note, ". Token ", Code(str(lease.token)), "."]
+
+
+def lease_line(lease: Lease, now_ms: int) -> list[Part]:
+    """One status line: name, holder, expiry, note and token."""
+    parts: list[Part] = [
+        Code(lease.name),
+        " — ",
+        Mention(lease.holder),
+        " until ",
+        When(lease.expires_at, now_ms),
+    ]
+    if lease.note:
+        parts.append(f": {lease.note}")
+    parts.append(f" (token {lease.token})")
+    return parts
+
+
+def status_parts(
+    settings: Settings, listing: LeaseListing, kinds: Sequence[LeaseKind], one_name: bool
+) -> list[Part]:
+    """Current locks and claims by kind; configured names that nobody holds show as free."""
+    parts: list[Part] = []
+    for kind in kinds:
+        leases = [lease for lease in listing.leases if lease.kind is kind]
+        known = [] if one_name else settings.known_names(kind)
+        free = sorted(set(known) - {lease.name for lease in leases})
+        if one_name and not leases:
+            continue
+        parts.append("Deploy locks:\n" if kind is LeaseKind.LOCK else "Staging claims:\n")
+        if not leases:
+            parts.append("  none\n")
+        for lease in leases:
+            parts += ["  ", *lease_line(lease, listing.now_ms), "\n"]
+        if free:
+            parts += ["  free: ", ", ".join(free), "\n"]
+    for key in listing.corrupt:
+        parts += ["  ", Code(key), " holds a corrupt record; an admin can force-release it.\n"]
+    if not parts:
+        parts.append("Nothing by that name is locked or claimed right now.")
+    return parts
+
+
+def history_parts(name: str, events: Sequence[Event], now_ms: int) -> list[Part]:
+    """The latest events about `name`, newest first."""
+    if not events:
+        return ["No history for ", Code(name.strip().lower()), " yet."]
+    parts: list[Part] = ["Latest events for ", Code(events[0].name), ", newest first:\n"]
+    for event in events:
+        parts += ["  ", *event_line(event, now_ms), "\n"]
+    return parts
+
+
+def event_line(event: Event, now_ms: int) -> list[Part]:
+    """One history line: when, what, who, token and note (or who forced it and why)."""
+    data = event.data
+    holder = _holder_of(data.get("holder"))
+    parts: list[Part] = [When(event.at, now_ms), f" {event.type} {event.kind}"]
+    if event.type == "forced":
+        admin = _holder_of(data.get("forced_by"))
+        parts += [" by ", Mention(admin) if admin else "an admin", f": {data.get('reason', '')}"]
+        if holder:
+            parts += [" (was held by ", Mention(holder), ")"]
+        return parts
+    if holder:
+        parts += [" — ", Mention(holder)]
+    if data.get("token"):
+        parts.append(f" (token {data['token']})")
+    if data.get("note"):
+        parts.append(f": {data['note']}")
+    return parts
+
+
+def job_line(job: Job, now_ms: int) -> list[Part]:
+    """One job: name, status, who reported it and when, detail and link."""
+    parts: list[Part] = [
+        Code(job.name),
+        f" {job.status} — by {job.updated_by}, ",
+        When(job.updated_at, now_ms),
+    ]
+    if job.detail:
+        parts.append(f": {job.detail}")
+    if job.url:
+        parts.append(f" {job.url}")
+    return parts
+
+
+def jobs_parts(listing: JobListing) -> list[Part]:
+    """Every reported job, and any unreadable record."""
+    if not listing.jobs and not listing.corrupt:
+        return ["No jobs reported."]
+    parts: list[Part] = ["Jobs:\n"]
+    for job in listing.jobs:
+        parts += ["  ", *job_line(job, listing.now_ms), "\n"]
+    for name in listing.corrupt:
+        parts += ["  ", Code(name), " has a corrupt record.\n"]
+    return parts
+
+
+def _holder_of(data: object) -> Holder | None:
+    """The holder in an event's data, if it has a readable one."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Holder.from_dict(data)
+    except (KeyError, TypeError):
+        return None

@@ -1,0 +1,57 @@
+"""Wiring: settings + a Redis (yours, or the embedded one) -> store, services, commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bot.commands import CommandHandler
+from bot.config import Secrets, Settings
+from bot.embedded import ensure_server
+from bot.jobs import JobService
+from bot.leases import LeaseService
+from bot.store import Store, connect
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything an adapter or CLI command needs, sharing one connection pool."""
+
+    settings: Settings
+    store: Store
+    leases: LeaseService
+    jobs: JobService
+    commands: CommandHandler
+
+
+async def resolve_redis_url(settings: Settings, secrets: Secrets, override: str | None) -> str:
+    """The Redis to use: --redis-url, else REDIS_URL, else the embedded server.
+
+    Starting the embedded server runs a subprocess and waits for it, so it goes to a thread.
+    """
+    url = override or secrets.redis_url
+    if url:
+        return url
+    return await asyncio.to_thread(ensure_server, settings.resolved_data_dir())
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, secrets: Secrets, *, redis_url: str | None = None
+) -> AsyncIterator[Runtime]:
+    """Build the services for one process and close the connections afterwards."""
+    url = await resolve_redis_url(settings, secrets, redis_url)
+    password = secrets.redis_password.get_secret_value() if secrets.redis_password else None
+    store = Store(
+        connect(url, password=password),
+        namespace=settings.namespace,
+        events_max=settings.events_max,
+    )
+    leases = LeaseService(store, settings)
+    jobs = JobService(store, settings)
+    try:
+        yield Runtime(settings, store, leases, jobs, CommandHandler(leases, jobs, settings))
+    finally:
+        await store.close()
