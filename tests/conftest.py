@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -9,6 +10,12 @@ from redis.asyncio import Redis
 
 # tests/ has no __init__.py, so pytest puts tests/ itself on sys.path.
 from servers import start_test_server, stop_test_server
+
+from bot.commands import CommandHandler
+from bot.config import Settings
+from bot.jobs import JobService
+from bot.leases import LeaseService
+from bot.store import Store, connect
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +37,43 @@ async def redis_client(redis_server_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace of this test's own, so tests never see each other's keys."""
+    return "t-" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def settings(namespace: str) -> Settings:
+    """Default settings in this test's namespace; tests copy and adjust them as needed."""
+    return Settings(namespace=namespace)
+
+
+@pytest.fixture
+async def store(redis_server_url: str, settings: Settings) -> AsyncIterator[Store]:
+    """A store on the session server, in this test's namespace."""
+    store = Store(connect(redis_server_url), namespace=settings.namespace)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def leases(store: Store, settings: Settings) -> LeaseService:
+    """The lease service over the test store."""
+    return LeaseService(store, settings)
+
+
+@pytest.fixture
+def jobs(store: Store, settings: Settings) -> JobService:
+    """The job service over the test store."""
+    return JobService(store, settings)
+
+
+@pytest.fixture
+def commands(leases: LeaseService, jobs: JobService, settings: Settings) -> CommandHandler:
+    """The chat command handler over the test store."""
+    return CommandHandler(leases, jobs, settings)
