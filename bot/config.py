@@ -32,6 +32,7 @@ from pytimeparse.timeparse import timeparse as parse_seconds
 
 from bot.model import Holder, LeaseKind
 from bot.names import normalize_name
+from bot.render import resolve_zone
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 
@@ -97,6 +98,14 @@ class Settings(BaseSettings):
     def _check_namespace(cls, value: str) -> str:
         """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
         return normalize_name(value, "namespace")
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        """An unknown zone would silently show wrong clock times, so refuse it up front."""
+        if value and resolve_zone(value) is None:
+            raise ValueError(f"{value!r} is not a known time zone; use a name like Europe/Berlin")
+        return value
 
     @field_validator("services", "environments")
     @classmethod
