@@ -375,10 +375,13 @@ def console(ctx: Context, user: str) -> None:
 @pass_context
 def run(ctx: Context, user: str) -> None:
     """Run the bot: Slack and/or Mattermost when configured, else the console."""
-    from adapters.console import ConsoleAdapter
+    from adapters.runner import PlatformConfigError, run_bot
 
     async def serve(rt: Runtime) -> None:
-        await ConsoleAdapter(rt.commands, user=user, zone=ctx.zone).run()
+        try:
+            await run_bot(rt, Secrets(), console_user=user, zone=ctx.zone)
+        except PlatformConfigError as error:
+            fail(str(error), EXIT_USAGE)
 
     ctx.run(serve)
 

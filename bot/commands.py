@@ -232,7 +232,7 @@ class CommandHandler:
             raise UsageError("`status` takes at most one name: `status backend`.")
         listing = await self._leases.status(names[0] if names else None)
         parts = status_parts(self._settings, listing, kinds, bool(names))
-        return Reply.of(parts, private=True, leases=listing.leases)
+        return Reply.of(parts, private=True)
 
     async def _history(self, message: Message, args: list[str]) -> Reply:
         if len(args) != 1:

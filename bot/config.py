@@ -166,6 +166,14 @@ class Secrets(BaseSettings):
 
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
+    slack_api_url: str | None = Field(default=None, validation_alias="SLACK_API_URL")
+
+    @property
+    def slack_configured(self) -> bool:
+        """Whether any Slack credential is set (both are then required)."""
+        return bool(self.slack_bot_token or self.slack_app_token)
 
 
 def load_settings(path: Path | None = None) -> Settings:

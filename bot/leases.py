@@ -95,11 +95,22 @@ class LeaseService:
                 raise NotHolder(others[0], "extend")
             raise NotHeld(None, raw_name.strip().lower())
 
-        changes = []
-        for lease in mine:
-            ttl_ms = self.duration(lease.kind, duration)
-            changes.append(await self._store.extend(lease.kind, lease.name, holder, ttl_ms=ttl_ms))
-        return changes
+        return [
+            await self.extend_lease(lease.kind, lease.name, holder, duration=duration)
+            for lease in mine
+        ]
+
+    async def extend_lease(
+        self, kind: LeaseKind, raw_name: str, holder: Holder, *, duration: str | None = None
+    ) -> LeaseChange:
+        """Extend one lease of a known kind (a button names it exactly)."""
+        name = self.name(kind, raw_name)
+        return await self._store.extend(kind, name, holder, ttl_ms=self.duration(kind, duration))
+
+    async def get(self, kind: LeaseKind, raw_name: str) -> tuple[Lease | None, int]:
+        """The current lease on a name (or None) and Redis's clock."""
+        lease = await self._store.get(kind, self.name(kind, raw_name))
+        return lease, await self._store.now_ms()
 
     async def status(self, raw_name: str | None = None) -> LeaseListing:
         """All current leases, or those named `raw_name` (lock and claim alike)."""

@@ -24,12 +24,18 @@ def resolve_zone(name: str) -> tzinfo | None:
         return None
 
 
+def same_day(at_ms: int, now_ms: int, zone: tzinfo | None) -> bool:
+    """Whether both instants fall on the same calendar day in `zone`."""
+    at = datetime.fromtimestamp(at_ms / 1000).astimezone(zone)
+    now = datetime.fromtimestamp(now_ms / 1000).astimezone(zone)
+    return at.date() == now.date()
+
+
 def clock_time(at_ms: int, now_ms: int, zone: tzinfo | None) -> str:
     """`14:35 UTC` today, `Fri 4 Dec 14:35 UTC` on another day (in `zone`)."""
     at = datetime.fromtimestamp(at_ms / 1000).astimezone(zone)
-    now = datetime.fromtimestamp(now_ms / 1000).astimezone(zone)
     label = at.strftime("%H:%M %Z")
-    if at.date() != now.date():
+    if not same_day(at_ms, now_ms, zone):
         label = f"{at:%a} {at.day} {at:%b} {label}"
     return label
 

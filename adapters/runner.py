@@ -1,0 +1,87 @@
+"""`deploybot run`: start every configured chat platform on one shared state.
+
+With no chat credentials it runs the console instead, so a first run needs nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import tzinfo
+
+from adapters.console import ConsoleAdapter
+from bot.chat import ChatPlatform
+from bot.config import Secrets
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class PlatformConfigError(Exception):
+    """A chat platform is half-configured or its credentials were refused."""
+
+
+def configured_platforms(
+    runtime: Runtime, secrets: Secrets, zone: tzinfo | None
+) -> list[ChatPlatform]:
+    """Adapters for every platform with credentials in the environment."""
+    platforms: list[ChatPlatform] = []
+    if secrets.slack_configured:
+        from adapters.slack import SlackAdapter, SlackConfigError
+
+        if not (secrets.slack_bot_token and secrets.slack_app_token):
+            raise PlatformConfigError(
+                "Slack needs both SLACK_BOT_TOKEN (xoxb-...) and SLACK_APP_TOKEN (xapp-...)."
+            )
+        try:
+            platforms.append(
+                SlackAdapter(
+                    runtime,
+                    bot_token=secrets.slack_bot_token.get_secret_value(),
+                    app_token=secrets.slack_app_token.get_secret_value(),
+                    api_url=secrets.slack_api_url,
+                    zone=zone,
+                )
+            )
+        except SlackConfigError as error:
+            raise PlatformConfigError(str(error)) from None
+    return platforms
+
+
+async def run_bot(
+    runtime: Runtime, secrets: Secrets, *, console_user: str, zone: tzinfo | None
+) -> None:
+    """Serve until SIGINT/SIGTERM (or end of console input when no platform is set up)."""
+    platforms = configured_platforms(runtime, secrets, zone)
+    if not platforms:
+        log.info("no chat platform configured; starting the console")
+        await ConsoleAdapter(runtime.commands, user=console_user, zone=zone).run()
+        return
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    started: list[ChatPlatform] = []
+    try:
+        for platform in platforms:
+            await _start(platform)
+            started.append(platform)
+        log.info("deploybot running platforms=%s", ",".join(p.platform for p in started))
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for platform in reversed(started):
+            await platform.stop()
+
+
+async def _start(platform: ChatPlatform) -> None:
+    """Start one platform, turning refused credentials into a configuration error."""
+    from adapters.slack import SlackConfigError
+
+    try:
+        await platform.start()
+    except SlackConfigError as error:
+        raise PlatformConfigError(str(error)) from None

@@ -1,0 +1,5 @@
+"""Slack adapter (slack-bolt, Socket Mode)."""
+
+from adapters.slack.adapter import SlackAdapter, SlackConfigError
+
+__all__ = ["SlackAdapter", "SlackConfigError"]
