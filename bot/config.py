@@ -7,6 +7,7 @@ milliseconds.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -30,11 +32,13 @@ from pydantic_settings import (
 )
 from pytimeparse.timeparse import timeparse as parse_seconds
 
+from bot.errors import InvalidName
 from bot.model import Holder, LeaseKind
 from bot.names import normalize_name
 from bot.render import resolve_zone
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
+MAX_SETTING_SECONDS = 366 * 86_400
 
 
 class ConfigError(Exception):
@@ -46,9 +50,14 @@ def _duration_ms(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value * 1000)
     if isinstance(value, str):
-        seconds = parse_seconds(value.strip())
-        if seconds is None or seconds <= 0:
+        try:
+            seconds = parse_seconds(value.strip())
+        except OverflowError:
+            seconds = math.inf
+        if seconds is None or math.isnan(seconds) or seconds <= 0:
             raise ValueError(f"{value!r} is not a positive duration such as 30m, 2h or 7d")
+        if seconds > MAX_SETTING_SECONDS:
+            raise ValueError(f"{value!r} is longer than a year; use a shorter duration")
         return int(seconds * 1000)
     return value
 
@@ -63,6 +72,19 @@ class LeaseSettings(BaseModel):
 
     default_ttl: DurationMs
     max_ttl: DurationMs
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> LeaseSettings:
+        """A default above the maximum would hand out leases longer than allowed."""
+        if self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl must not be longer than max_ttl")
+        return self
+
+
+_LEASE_DEFAULTS = {
+    "lock": {"default_ttl": "1h", "max_ttl": "24h"},
+    "claim": {"default_ttl": "4h", "max_ttl": "7d"},
+}
 
 
 class Settings(BaseSettings):
@@ -79,14 +101,10 @@ class Settings(BaseSettings):
     services: list[str] = Field(default_factory=list)
     environments: list[str] = Field(default_factory=list)
     lock: LeaseSettings = Field(
-        default_factory=lambda: LeaseSettings.model_validate(
-            {"default_ttl": "1h", "max_ttl": "24h"}
-        )
+        default_factory=lambda: LeaseSettings.model_validate(_LEASE_DEFAULTS["lock"])
     )
     claim: LeaseSettings = Field(
-        default_factory=lambda: LeaseSettings.model_validate(
-            {"default_ttl": "4h", "max_ttl": "7d"}
-        )
+        default_factory=lambda: LeaseSettings.model_validate(_LEASE_DEFAULTS["claim"])
     )
     job_retention: DurationMs = Field(default=86_400_000, validate_default=False)
     events_max: int = Field(default=10_000, ge=100)
@@ -97,7 +115,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_namespace(cls, value: str) -> str:
         """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
-        return normalize_name(value, "namespace")
+        return _valid_name(value, "namespace")
+
+    @field_validator("lock", "claim", mode="before")
+    @classmethod
+    def _fill_lease_defaults(cls, value: Any, info: Any) -> Any:
+        """Setting one value (say DEPLOYBOT_LOCK__MAX_TTL) keeps the built-in other one."""
+        if isinstance(value, dict):
+            return {**_LEASE_DEFAULTS[info.field_name], **value}
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -112,7 +138,7 @@ class Settings(BaseSettings):
     def _check_names(cls, values: list[str], info: Any) -> list[str]:
         """Listed names follow the same rules as names typed in chat."""
         what = "service" if info.field_name == "services" else "environment"
-        return [normalize_name(value, what) for value in values]
+        return [_valid_name(value, what) for value in values]
 
     @field_validator("admins")
     @classmethod
@@ -157,6 +183,14 @@ class Settings(BaseSettings):
         if self.data_dir is not None:
             return self.data_dir.expanduser()
         return Path(platformdirs.user_data_dir("deploybot")) / "redis"
+
+
+def _valid_name(value: str, what: str) -> str:
+    """normalize_name, reporting a bad name the way pydantic reports any bad value."""
+    try:
+        return normalize_name(value, what)
+    except InvalidName as error:
+        raise ValueError(str(error)) from None
 
 
 class Secrets(BaseSettings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -27,20 +28,25 @@ def looks_like_duration(word: str) -> bool:
 
 def parse_duration(text: str, *, maximum_ms: int, minimum_ms: int = MINIMUM_MS) -> int:
     """Parse a duration into milliseconds, within [minimum_ms, maximum_ms]."""
-    seconds = parse_seconds(text.strip()) if text.strip() else None
-    if seconds is None:
-        msg = f"`{text}` is not a duration I understand; use one {_EXAMPLES}."
+    try:
+        seconds = parse_seconds(text.strip()) if text.strip() else None
+    except OverflowError:  # digits beyond what a float holds: absurdly long
+        seconds = math.inf
+    if seconds is None or seconds != seconds:  # None, or NaN
+        msg = f"`{_shown(text)}` is not a duration I understand; use one {_EXAMPLES}."
+        raise InvalidDuration(text, msg)
+
+    # Compared before int(): an absurd number parses to infinity, which int() cannot take.
+    if seconds <= 0:
+        msg = f"A duration must be positive, and `{_shown(text)}` is not; use one {_EXAMPLES}."
+        raise InvalidDuration(text, msg)
+    if seconds * 1000 > maximum_ms:
+        msg = f"`{_shown(text)}` is too long: the longest allowed is {format_span(maximum_ms)}."
         raise InvalidDuration(text, msg)
 
     duration_ms = int(seconds * 1000)
-    if duration_ms <= 0:
-        msg = f"A duration must be positive, and `{text}` is not; use one {_EXAMPLES}."
-        raise InvalidDuration(text, msg)
     if duration_ms < minimum_ms:
-        msg = f"`{text}` is too short: the shortest is {format_span(minimum_ms)}."
-        raise InvalidDuration(text, msg)
-    if duration_ms > maximum_ms:
-        msg = f"`{text}` is too long: the longest allowed is {format_span(maximum_ms)}."
+        msg = f"`{_shown(text)}` is too short: the shortest is {format_span(minimum_ms)}."
         raise InvalidDuration(text, msg)
     return duration_ms
 
@@ -50,3 +56,8 @@ def format_span(ms: int) -> str:
     delta = timedelta(milliseconds=max(0, ms))
     unit = "minutes" if delta >= timedelta(minutes=1) else "seconds"
     return str(humanize.precisedelta(delta, minimum_unit=unit, format="%0.0f"))
+
+
+def _shown(text: str) -> str:
+    """The text as quoted back in an error, shortened so a pasted essay stays readable."""
+    return text if len(text) <= 30 else text[:30] + "…"

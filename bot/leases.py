@@ -95,8 +95,10 @@ class LeaseService:
                 raise NotHolder(others[0], "extend")
             raise NotHeld(None, raw_name.strip().lower())
 
+        # Check every duration before changing anything, so a refusal extends nothing.
+        ttls = {lease.kind: self.duration(lease.kind, duration) for lease in mine}
         return [
-            await self.extend_lease(lease.kind, lease.name, holder, duration=duration)
+            await self._store.extend(lease.kind, lease.name, holder, ttl_ms=ttls[lease.kind])
             for lease in mine
         ]
 
@@ -125,7 +127,8 @@ class LeaseService:
     async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
         """The latest events about a name, newest first, and Redis's clock."""
         count = count or self._settings.history_count
-        events = await self._store.history(self._any_name(raw_name), count=count)
+        kinds = tuple(str(kind) for kind in LeaseKind)
+        events = await self._store.history(self._any_name(raw_name), count=count, kinds=kinds)
         return events, await self._store.now_ms()
 
     async def check(self, raw_name: str, token: int) -> CheckResult:

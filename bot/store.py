@@ -68,10 +68,15 @@ local function emit(stream, cap, type, kind, name, now, data)
     'type', type, 'kind', kind, 'name', name, 'at', int(now), 'data', data)
 end
 
-local function decode_lease(raw)
+-- A lease as deploybot wrote it, or nil for anything else (hand-edited or damaged), so a
+-- bad record is reported as corrupt instead of breaking the script halfway.
+local function decode_lease(raw, kind, name)
   local ok, lease = pcall(cjson.decode, raw)
   if not ok or type(lease) ~= 'table' or type(lease.holder) ~= 'table'
-     or not tonumber(lease.token) or not tonumber(lease.expires_at) then
+     or lease.kind ~= kind or lease.name ~= name
+     or type(lease.holder.platform) ~= 'string' or type(lease.holder.user_id) ~= 'string'
+     or not tonumber(lease.token) or not tonumber(lease.expires_at)
+     or not tonumber(lease.acquired_at) then
     return nil
   end
   return lease
@@ -119,7 +124,7 @@ local holder = cjson.decode(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
 
 if raw then
-  local lease = decode_lease(raw)
+  local lease = decode_lease(raw, ARGV[1], ARGV[2])
   if not lease then return {'corrupt', raw, int(now)} end
   if not same_holder(lease, holder) then return {'held', raw, int(now)} end
   lease.expires_at = now + ttl
@@ -161,7 +166,7 @@ if not raw then
   return {'free', '', int(now)}
 end
 
-local lease = decode_lease(raw)
+local lease = decode_lease(raw, ARGV[1], ARGV[2])
 if not lease and not forced then return {'corrupt', raw, int(now)} end
 if lease and not forced and not same_holder(lease, caller) then
   return {'not_holder', raw, int(now)}
@@ -198,7 +203,7 @@ if not raw then
   flush_expired(KEYS[2], KEYS[3], KEYS[4], ARGV[5], ARGV[1], ARGV[2], now)
   return {'free', '', int(now)}
 end
-local lease = decode_lease(raw)
+local lease = decode_lease(raw, ARGV[1], ARGV[2])
 if not lease then return {'corrupt', raw, int(now)} end
 if not same_holder(lease, caller) then return {'not_holder', raw, int(now)} end
 
@@ -228,7 +233,7 @@ for _, member in ipairs(due) do
   if not kind then
     redis.call('ZREM', KEYS[1], member)
   elseif raw then
-    local lease = decode_lease(raw)
+    local lease = decode_lease(raw, kind, name)
     local due_at = lease and math.max(lease.expires_at, now + 1000) or now + 1000
     redis.call('ZADD', KEYS[1], int(due_at), member)
   else
@@ -517,8 +522,10 @@ class Store:
             log.info("sweep expired=%s", expired)
         return int(expired)
 
-    async def history(self, name: str, *, count: int) -> list[Event]:
-        """The last `count` events about `name` (any kind), newest first.
+    async def history(
+        self, name: str, *, count: int, kinds: tuple[str, ...] | None = None
+    ) -> list[Event]:
+        """The last `count` events about `name` (of the given kinds, or any), newest first.
 
         The stream is shared by every resource, so this reads it backwards in pages until
         enough matching events are found or the (capped) stream ends.
@@ -531,7 +538,9 @@ class Store:
                 break
             for entry_id, fields in page:
                 event = _parse_event(str(entry_id), dict(fields or {}))
-                if event is not None and event.name == name:
+                if event is None or event.name != name:
+                    continue
+                if kinds is None or event.kind in kinds:
                     found.append(event)
             end = "(" + str(page[-1][0])
         return found[:count]
