@@ -80,7 +80,7 @@ async def test_mention_takes_a_lock_and_replies_in_the_channel(
     assert reply["channel"] == CHANNEL
     assert "<@UALICE> locked `backend`" in reply["text"]
     assert "<!date^" in reply["text"] and "hotfix for INC-12" in reply["text"]
-    actions = [block for block in reply["blocks"] if block["type"] == "actions"][0]
+    actions = next(block for block in reply["blocks"] if block["type"] == "actions")
     assert [button["action_id"] for button in actions["elements"]] == [
         EXTEND_ACTION,
         RELEASE_ACTION,
@@ -325,8 +325,9 @@ async def test_failing_command_gets_a_polite_reply(fake: FakeSlack, slack: Slack
 async def test_rate_limited_post_is_retried(fake: FakeSlack, slack: SlackAdapter) -> None:
     """A 429 with Retry-After on chat.postMessage is retried after the delay and lands."""
     fake.rate_limit_next("chat.postMessage", retry_after=1)
-    event = fake.app_mention_event(user_id="UALICE", channel_id=CHANNEL,
-                                   text=f"<@{BOT_USER_ID}> status")
+    event = fake.app_mention_event(
+        user_id="UALICE", channel_id=CHANNEL, text=f"<@{BOT_USER_ID}> status"
+    )
 
     await fake.send_events_api(event)
 
