@@ -389,3 +389,65 @@ async def test_button_value_round_trips(store: Store) -> None:
         5,
     )
     assert parse_button_value("garbage") is None
+
+
+async def test_reconnects_are_logged_with_the_reason(
+    fake: FakeSlack, slack: SlackAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both kinds of reconnect leave a log line that says why."""
+    caplog.set_level("INFO")
+
+    await fake.send_disconnect(reason="refresh_requested")
+    await fake.wait_for_connections(2, timeout=10)
+    await fake.drop_connections()
+    await fake.wait_for_connections(3, timeout=10)
+
+    assert "reason=disconnect" in caplog.text and "refresh_requested" in caplog.text
+    assert "already closed. Reconnecting" in caplog.text
+
+
+async def test_display_names_are_cached(fake: FakeSlack, slack: SlackAdapter) -> None:
+    """users.info is asked once per person, not once per message."""
+    await mention(fake, "UALICE", "status")
+    await mention(fake, "UALICE", "help")
+
+    assert [call["user"] for call in fake.calls_to("users.info")] == ["UALICE"]
+
+
+async def test_deploybot_run_serves_slack_and_stops_on_sigterm(
+    fake: FakeSlack, redis_server_url: str, namespace: str, tmp_path: Any
+) -> None:
+    """`deploybot run` with Slack tokens connects, answers, and exits 0 on SIGTERM."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server_url,
+        "DEPLOYBOT_NAMESPACE": namespace,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_APP_TOKEN": "xapp-test",
+        "SLACK_API_URL": fake.api_url,
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "deploybot"),
+        "-v",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await fake.wait_for_connections(1, timeout=20)
+        reply = await mention(fake, "UALICE", "lock backend")
+        assert "<@UALICE> locked `backend`" in reply["text"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(process.communicate(), timeout=15)
+
+    assert process.returncode == 0, err.decode()
+    assert b"xoxb-test" not in err and b"xapp-test" not in err
