@@ -61,7 +61,7 @@ class ConsoleAdapter:
                 event_id=str(count),
             )
             reply = await self._handler.handle(message)
-            self._write(render_plain(reply.parts, self._zone).rstrip("\n") + "\n")
+            self._write(render_plain(reply.parts, self._zone).rstrip() + "\n")
         log.info("console input ended messages=%s", count)
 
     async def _read_line(self) -> str | None:

@@ -23,7 +23,7 @@ import click
 from bot.config import ConfigError, Secrets, Settings, load_settings
 from bot.embedded import EmbeddedServerError, server_running, stop_server
 from bot.errors import DeploybotError, StoreUnavailable
-from bot.messages import Part, When
+from bot.messages import Part, When, clean_text
 from bot.model import Holder, LeaseKind
 from bot.render import render_plain, resolve_zone
 from bot.replies import history_parts, jobs_parts, lease_change_parts, status_parts
@@ -61,11 +61,11 @@ class Context:
         except Exception:
             ref = secrets.token_hex(3)
             log.exception("cli command crashed ref=%s", ref)
-            fail(f"something went wrong (ref {ref}); see the log above.", EXIT_CRASH)
+            fail(f"Something went wrong (ref {ref}); see the log above.", EXIT_CRASH)
 
     def show(self, *parts: Part) -> None:
         """Print parts rendered as plain text."""
-        click.echo(render_plain(parts, self.zone))
+        click.echo(render_plain(parts, self.zone).rstrip())
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -265,13 +265,13 @@ def check(ctx: Context, service: str, token: int) -> None:
         return
     if lease is None:
         fail(
-            f"the lock on {service.lower()} is no longer held (expired or released); "
-            f"token {token} is not valid",
+            f"The lock on {service.strip().lower()} is no longer held (it expired or was "
+            f"released); token {token} is not valid.",
             EXIT_REFUSED,
         )
     fail(
-        f"the lock on {lease.name} is now held by {lease.holder.display} with token "
-        f"{lease.token}; token {token} is not valid",
+        f"The lock on {lease.name} is now held by {lease.holder.display} with token "
+        f"{lease.token}; token {token} is not valid.",
         EXIT_REFUSED,
     )
 
@@ -340,7 +340,7 @@ def job_rm(ctx: Context, name: str, user: str) -> None:
     """Forget job NAME."""
     removed = ctx.run(lambda rt: rt.jobs.remove(name, removed_by=user))
     if not removed:
-        fail(f"there is no job called {name.lower()}; nothing changed", EXIT_REFUSED)
+        fail(f"There is no job called {name.strip().lower()}; nothing changed.", EXIT_REFUSED)
     click.echo(f"job {name.lower()} removed")
 
 
@@ -411,9 +411,9 @@ def server_stop(ctx: Context) -> None:
 
 def _holder(user: str) -> Holder:
     """The holder a CLI or console user acts as; the same identity in both."""
-    name = user.strip()
+    name = clean_text(user.strip())
     if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
-        fail(f"--as needs a name of 1 to 64 characters without spaces, not {user!r}", EXIT_USAGE)
+        fail(f"--as needs a name of 1 to 64 characters without spaces, not {user!r}.", EXIT_USAGE)
     return Holder(CLI_PLATFORM, name, name)
 
 

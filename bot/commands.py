@@ -11,14 +11,14 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.config import Settings
-from bot.durations import looks_like_duration
+from bot.durations import looks_like_duration, parses_as_duration
 from bot.errors import DeploybotError, UnknownCommand, UsageError
 from bot.jobs import JobService
 from bot.leases import LeaseService
-from bot.messages import Mention, Message, Part, Reply
+from bot.messages import Message, Part, Reply, clean_text
 from bot.model import LeaseKind, Origin
 from bot.names import suggest
 from bot.replies import history_parts, job_line, jobs_parts, lease_change_parts, status_parts
@@ -70,6 +70,8 @@ SPECS = (
 )
 
 _BY_WORD = {word: spec for spec in SPECS for word in (spec.name, *spec.aliases)}
+_COMMAND_NAMES = [spec.name for spec in SPECS]
+_BRANCH_LIKE_DURATION = re.compile(r"^[+-]?[\d.]+[a-z]{0,7}$")
 
 _DURATION_HELP = "Durations look like 90s, 30m, 2h, 1h30m or 1d."
 
@@ -92,7 +94,7 @@ def parse(text: str, *, max_length: int = 4000) -> Command:
     word = words[0].lower()
     spec = _BY_WORD.get(word)
     if spec is None:
-        raise UnknownCommand(words[0][:40], suggest(word, _BY_WORD))
+        raise UnknownCommand(words[0][:40], suggest(word, _COMMAND_NAMES))
     args = [word] if word in spec.aliases else []
     return Command(spec.name, args + words[1:])
 
@@ -126,6 +128,7 @@ class CommandHandler:
         """Answer a message. Expected failures become polite replies; crashes get a ref id."""
         started = time.monotonic()
         command_name = "unparsed"
+        message = _cleaned(message)
         try:
             command = parse(message.text, max_length=self._settings.max_message_length)
             command_name = command.name
@@ -143,7 +146,7 @@ class CommandHandler:
                 command_name,
                 message.user_id,
             )
-            text = f"Something went wrong on my side (ref {ref}); nothing was changed by me."
+            text = f"Something went wrong on my side (ref {ref}). Say `status` to check."
             reply = Reply.of(text, ok=False, private=True)
             outcome = "crash"
 
@@ -158,8 +161,14 @@ class CommandHandler:
         return reply
 
     async def _lock(self, message: Message, args: list[str]) -> Reply:
-        name, rest = _require_name(args, "lock", "service")
+        name, rest = _require_name(args, "lock", _article_and_word(LeaseKind.LOCK))
         duration = rest.pop(0) if rest and looks_like_duration(rest[0]) else None
+        if duration is not None and not parses_as_duration(duration):
+            raise UsageError(
+                f"`{duration}` is not a duration I understand; use one like 90s, 30m, 2h or "
+                f"1h30m. To start a note with a number, give the duration first: "
+                f"`lock {name} 1h {duration} ...`."
+            )
         change = await self._leases.acquire(
             LeaseKind.LOCK,
             name,
@@ -171,8 +180,8 @@ class CommandHandler:
         return Reply.of(lease_change_parts(change), leases=[change.lease])
 
     async def _claim(self, message: Message, args: list[str]) -> Reply:
-        name, rest = _require_name(args, "claim", "env")
-        branch = rest.pop(0) if rest and not looks_like_duration(rest[0]) else ""
+        name, rest = _require_name(args, "claim", _article_and_word(LeaseKind.CLAIM))
+        branch = rest.pop(0) if rest and not _meant_as_duration(rest[0]) else ""
         duration = rest.pop(0) if rest and looks_like_duration(rest[0]) else None
         note = " ".join([branch, *rest]).strip()
         change = await self._leases.acquire(
@@ -206,7 +215,7 @@ class CommandHandler:
         changes = await self._leases.extend(args[0], message.sender, duration=duration)
         parts: list[Part] = []
         for change in changes:
-            parts += [*lease_change_parts(change), "\n"]
+            parts += [*(["\n"] if parts else []), *lease_change_parts(change)]
         return Reply.of(parts, leases=[change.lease for change in changes])
 
     async def _force_unlock(self, message: Message, args: list[str]) -> Reply:
@@ -218,10 +227,10 @@ class CommandHandler:
     async def _force(
         self, message: Message, args: list[str], kind: LeaseKind, command: str
     ) -> Reply:
-        name, rest = _require_name(args, command, "service" if kind is LeaseKind.LOCK else "env")
+        name, rest = _require_name(args, command, _article_and_word(kind))
         reason = " ".join(rest)
         change = await self._leases.force_release(kind, name, message.sender, reason)
-        return Reply.of(lease_change_parts(change), " By ", Mention(message.sender), ": ", reason)
+        return Reply.of(lease_change_parts(change))
 
     async def _status(self, message: Message, args: list[str]) -> Reply:
         kinds = {"locks": [LeaseKind.LOCK], "envs": [LeaseKind.CLAIM]}.get(
@@ -258,7 +267,7 @@ class CommandHandler:
         if args:
             spec = _BY_WORD.get(args[0].lower())
             if spec is None:
-                raise UnknownCommand(args[0][:40], suggest(args[0].lower(), _BY_WORD))
+                raise UnknownCommand(args[0][:40], suggest(args[0].lower(), _COMMAND_NAMES))
             text = f"`{spec.usage}`\n{spec.summary}"
             if "duration" in spec.usage:
                 text += f" {_DURATION_HELP}"
@@ -287,8 +296,9 @@ class CommandHandler:
             for lease in listing.leases
             if lease.holder.same_person(message.sender) and kind in (None, lease.kind)
         ]
-        what = kind.resource if kind else "name"
-        msg = f"`{command}` needs a {what}, e.g. `{command} {held[0] if held else 'backend'}`."
+        what = "a name" if kind is None else _article_and_word(kind)
+        example = held[0] if held else ("staging-1" if kind is LeaseKind.CLAIM else "backend")
+        msg = f"`{command}` needs {what}, e.g. `{command} {example}`."
         if held:
             msg += " You hold: " + ", ".join(f"`{name}`" for name in held) + "."
         return UsageError(msg)
@@ -298,8 +308,34 @@ def _require_name(args: list[str], command: str, placeholder: str) -> tuple[str,
     """The first argument (a name) and the rest; a missing name gets the usage line."""
     if not args:
         spec = _BY_WORD[command]
-        raise UsageError(f"`{command}` needs a {placeholder}: `{spec.usage}`.")
+        raise UsageError(f"`{command}` needs {placeholder}: `{spec.usage}`.")
     return args[0], list(args[1:])
+
+
+def _article_and_word(kind: LeaseKind) -> str:
+    """`a service` or `an environment`."""
+    return "a service" if kind is LeaseKind.LOCK else "an environment"
+
+
+def _meant_as_duration(word: str) -> bool:
+    """Whether `claim`'s first optional word is a duration rather than a branch.
+
+    Branches may start with digits (`1234-fix-login`), so only a word that parses as a
+    duration, or has a duration's shape (`30x`), is taken as one.
+    """
+    if parses_as_duration(word):
+        return True
+    return bool(_BRANCH_LIKE_DURATION.match(word.lower()))
+
+
+def _cleaned(message: Message) -> Message:
+    """The message with text that cannot be stored (lone surrogates) replaced by `?`."""
+    return replace(
+        message,
+        text=clean_text(message.text),
+        display_name=clean_text(message.display_name),
+        user_id=clean_text(message.user_id),
+    )
 
 
 def _origin(message: Message) -> Origin | None:

@@ -52,12 +52,25 @@ def parse_duration(text: str, *, maximum_ms: int, minimum_ms: int = MINIMUM_MS) 
 
 
 def format_span(ms: int) -> str:
-    """A span for people: `45 seconds`, `1 hour and 30 minutes`, `7 days`."""
+    """A span for people: `45 seconds`, `1 minute and 30 seconds`, `2 hours and 5 minutes`.
+
+    Seconds are shown below ten minutes, where they still matter to someone waiting.
+    """
     delta = timedelta(milliseconds=max(0, ms))
-    unit = "minutes" if delta >= timedelta(minutes=1) else "seconds"
+    if delta < timedelta(seconds=1):
+        return "less than a second"
+    unit = "minutes" if delta >= timedelta(minutes=10) else "seconds"
     return str(humanize.precisedelta(delta, minimum_unit=unit, format="%0.0f"))
 
 
 def _shown(text: str) -> str:
     """The text as quoted back in an error, shortened so a pasted essay stays readable."""
     return text if len(text) <= 30 else text[:30] + "…"
+
+
+def parses_as_duration(word: str) -> bool:
+    """Whether `word` is a duration in a form we understand (its bounds aside)."""
+    try:
+        return parse_seconds(word.strip()) is not None
+    except OverflowError:
+        return True

@@ -69,7 +69,8 @@ class UnknownName(UsageError):
         if self.suggestions:
             msg += " Did you mean " + " or ".join(f"`{s}`" for s in self.suggestions) + "?"
         else:
-            msg += f" Say `status` to see the known {what}s."
+            plural = " or ".join(f"{word}s" for word in what.split(" or "))
+            msg += f" Say `status` to see the known {plural}."
         super().__init__(msg)
 
 
@@ -136,13 +137,17 @@ class NotHeld(DeploybotError):
     def __init__(self, kind: LeaseKind | None, name: str) -> None:
         self.kind = kind
         self.name = name
-        what = kind.resource if kind else "lock or claim"
-        super().__init__(f"{what} {name} is not held by anyone right now")
+        super().__init__(f"{_title(kind)} {name} is not held by anyone right now")
 
     def parts(self) -> list[Part]:
         """Say it is free, so nothing needs doing."""
-        what = f"{_title(self.kind)} " if self.kind else "Nothing called "
-        return [what, Code(self.name), " is not held by anyone right now; nothing changed."]
+        if self.kind is None:
+            return ["Nothing called ", Code(self.name), " is held right now; nothing changed."]
+        return [
+            f"{_title(self.kind)} ",
+            Code(self.name),
+            " is not held by anyone right now; nothing changed.",
+        ]
 
 
 class NotAdmin(DeploybotError):
@@ -165,9 +170,11 @@ class CorruptRecord(DeploybotError):
 
     def __init__(self, key: str) -> None:
         self.key = key
+        kind, _, name = key.split(":lease:", 1)[-1].partition(":")
+        command = "force-unlock" if kind == "lock" else "force-release"
         super().__init__(
-            f"The record for {key} in the state store is corrupt, so I changed nothing. "
-            "An admin can clear it with force-unlock or force-release."
+            f"The {kind} record for `{name}` in the state store is corrupt, so I changed "
+            f"nothing. An admin can clear it with `{command} {name} <reason>`."
         )
 
 

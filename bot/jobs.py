@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bot.config import Settings
 from bot.errors import UsageError
+from bot.messages import clean_text
 from bot.model import Job
 from bot.names import normalize_job_name
 from bot.store import JobListing, Store
@@ -31,7 +32,10 @@ class JobService:
     ) -> Job:
         """Record a job's status; well-known states and short free text are both accepted."""
         name = normalize_job_name(raw_name)
-        status = status.strip().lower() if status.strip().isalpha() else status.strip()
+        status, updated_by = clean_text(status.strip()), clean_text(updated_by)
+        detail = clean_text(detail) if detail is not None else None
+        url = clean_text(url) if url is not None else None
+        status = status.lower() if status.isalpha() else status
         if not status or len(status) > MAX_STATUS_LENGTH:
             msg = (
                 f"A job status is 1 to {MAX_STATUS_LENGTH} characters, e.g. pending, running, "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot.config import Settings
 from bot.durations import parse_duration
 from bot.errors import NotAdmin, NotHeld, NotHolder, UsageError
+from bot.messages import clean_text
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.names import normalize_name
 from bot.store import LeaseChange, LeaseListing, Store
@@ -89,6 +90,9 @@ class LeaseService:
         A name can be both a service and an environment; people say `extend api` without
         naming the kind, so the holder's own leases decide.
         """
+        if duration is not None:  # a typo is reported as such, whatever is held
+            longest = max(self._settings.lock.max_ttl, self._settings.claim.max_ttl)
+            parse_duration(duration, maximum_ms=longest)
         mine, others = await self._leases_named(raw_name, holder)
         if not mine:
             if others:
@@ -164,7 +168,7 @@ class LeaseService:
 
 def _bounded(text: str, what: str, limit: int) -> str:
     """Strip `text` and refuse it if longer than `limit` characters."""
-    text = text.strip()
+    text = clean_text(text.strip())
     if len(text) > limit:
-        raise UsageError(f"That {what} is {len(text)} characters; keep it under {limit}.")
+        raise UsageError(f"That {what} is {len(text)} characters; keep it to {limit} at most.")
     return text

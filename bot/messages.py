@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from bot.model import Holder, Lease
 
 
+def clean_text(text: str) -> str:
+    """Text that can be encoded as UTF-8: lone surrogates (possible in JSON) become `?`."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Message:
     """A chat message addressed to deploybot, normalized across platforms."""

@@ -32,13 +32,7 @@ def lease_change_parts(change: LeaseChange) -> list[Part]:
         held = format_span(now - lease.acquired_at)
         return [Mention(lease.holder), f" {verb} ", Code(lease.name), f" after {held}."]
     if outcome == "forced":
-        return [
-            f"The {lease.kind} on ",
-            Code(lease.name),
-            " held by ",
-            Mention(lease.holder),
-            " was force-released.",
-        ]
+        return _forced_parts(change)
 
     if outcome == "refreshed":
         head: list[Part] = [
@@ -65,6 +59,23 @@ def lease_change_parts(change: LeaseChange) -> list[Part]:
     return [*head, When(lease.expires_at, now), *note, ". Token ", Code(str(lease.token)), "."]
 
 
+def _forced_parts(change: LeaseChange) -> list[Part]:
+    """`Ada force-released Alice's lock on backend: stuck deploy.`"""
+    lease = change.lease
+    actor: list[Part] = [Mention(change.forced_by)] if change.forced_by else ["An admin"]
+    reason = f": {change.reason}." if change.reason else "."
+    if lease.token == 0:  # the store's placeholder for a damaged record it cleared
+        return [*actor, f" cleared the corrupt {lease.kind} record for ", Code(lease.name), reason]
+    return [
+        *actor,
+        " force-released ",
+        Mention(lease.holder),
+        f"'s {lease.kind} on ",
+        Code(lease.name),
+        reason,
+    ]
+
+
 def lease_line(lease: Lease, now_ms: int) -> list[Part]:
     """One status line: name, holder, expiry, note and token."""
     parts: list[Part] = [
@@ -89,17 +100,21 @@ def status_parts(
         leases = [lease for lease in listing.leases if lease.kind is kind]
         known = [] if one_name else settings.known_names(kind)
         free = sorted(set(known) - {lease.name for lease in leases})
-        if one_name and not leases:
+        damaged = [
+            key.rsplit(":", 1)[-1] for key in listing.corrupt if key.rsplit(":", 2)[-2] == kind
+        ]
+        if one_name and not leases and not damaged:
             continue
         parts.append("Deploy locks:\n" if kind is LeaseKind.LOCK else "Staging claims:\n")
-        if not leases:
+        if not leases and not damaged:
             parts.append("  none\n")
+        command = "force-unlock" if kind is LeaseKind.LOCK else "force-release"
+        for name in damaged:
+            parts += ["  ", Code(name), f" has a corrupt record; an admin can `{command}` it.\n"]
         for lease in leases:
             parts += ["  ", *lease_line(lease, listing.now_ms), "\n"]
         if free:
             parts += ["  free: ", ", ".join(free), "\n"]
-    for key in listing.corrupt:
-        parts += ["  ", Code(key), " holds a corrupt record; an admin can force-release it.\n"]
     if not parts:
         parts.append("Nothing by that name is locked or claimed right now.")
     return parts

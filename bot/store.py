@@ -322,6 +322,8 @@ class LeaseChange:
     lease: Lease
     now_ms: int
     outcome: str
+    forced_by: Holder | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -452,7 +454,7 @@ class Store:
 
         lease = self._parse_or_placeholder(raw, kind, name, now)
         if outcome == "not_holder":
-            raise NotHolder(lease, "release")
+            raise NotHolder(lease, "unlock" if kind is LeaseKind.LOCK else "release")
         log.info(
             "lease %s kind=%s name=%s by=%s token=%s",
             outcome,
@@ -461,6 +463,8 @@ class Store:
             caller.identity,
             lease.token,
         )
+        if outcome == "forced":
+            return LeaseChange(lease, now, outcome, forced_by=caller, reason=force_reason or "")
         return LeaseChange(lease, now, outcome)
 
     async def extend(

@@ -92,7 +92,7 @@ def test_looks_like_duration_means_starts_with_a_number(word: str, expected: boo
         (MINUTE_MS, "1 minute"),
         (90 * MINUTE_MS, "1 hour and 30 minutes"),
         (7 * DAY_MS, "7 days"),
-        (-5_000, "0 seconds"),
+        (-5_000, "less than a second"),
     ],
 )
 def test_format_span_reads_naturally(ms: int, expected: str) -> None:
