@@ -46,7 +46,33 @@ def configured_platforms(
             )
         except SlackConfigError as error:
             raise PlatformConfigError(str(error)) from None
+    if secrets.mattermost_url or secrets.mattermost_token:
+        platforms.append(_mattermost(runtime, secrets, zone))
     return platforms
+
+
+def _mattermost(runtime: Runtime, secrets: Secrets, zone: tzinfo | None) -> ChatPlatform:
+    """The Mattermost adapter, or a clear error naming what is missing."""
+    from adapters.mattermost import MattermostAdapter, MattermostConfigError
+
+    if not secrets.mattermost_url:
+        raise PlatformConfigError("MATTERMOST_URL is not set, e.g. https://chat.example.com.")
+    token = secrets.mattermost_token.get_secret_value() if secrets.mattermost_token else None
+    password = (
+        secrets.mattermost_password.get_secret_value() if secrets.mattermost_password else None
+    )
+    try:
+        return MattermostAdapter(
+            runtime,
+            url=secrets.mattermost_url,
+            token=token,
+            login_id=secrets.mattermost_login_id,
+            password=password,
+            ca_file=runtime.settings.mattermost_ca_file,
+            zone=zone,
+        )
+    except MattermostConfigError as error:
+        raise PlatformConfigError(str(error)) from None
 
 
 async def run_bot(
@@ -70,18 +96,33 @@ async def run_bot(
             await _start(platform)
             started.append(platform)
         log.info("deploybot running platforms=%s", ",".join(p.platform for p in started))
-        await stop.wait()
-        log.info("shutting down")
+        reason = await _first_of(stop, started)
+        log.info("shutting down reason=%s", reason)
+        if reason != "signal":
+            raise PlatformConfigError(reason)
     finally:
         for platform in reversed(started):
             await platform.stop()
 
 
+async def _first_of(stop: asyncio.Event, platforms: list[ChatPlatform]) -> str:
+    """Wait for a stop signal or a platform's permanent failure; say which."""
+    waiters = [asyncio.ensure_future(platform.failure()) for platform in platforms]
+    signalled = asyncio.ensure_future(stop.wait())
+    done, pending = await asyncio.wait([signalled, *waiters], return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    if signalled in done:
+        return "signal"
+    return str(next(iter(done)).result())
+
+
 async def _start(platform: ChatPlatform) -> None:
     """Start one platform, turning refused credentials into a configuration error."""
+    from adapters.mattermost import MattermostConfigError
     from adapters.slack import SlackConfigError
 
     try:
         await platform.start()
-    except SlackConfigError as error:
+    except (SlackConfigError, MattermostConfigError) as error:
         raise PlatformConfigError(str(error)) from None

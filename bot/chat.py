@@ -28,6 +28,9 @@ class ChatPlatform(Protocol):
     async def send_direct(self, user_id: str, reply: Reply) -> None:
         """Send `reply` to a person as a direct message."""
 
+    async def failure(self) -> str:
+        """Wait until the platform fails for good (e.g. a revoked token); return why."""
+
     @property
     def connected(self) -> bool:
         """Whether the platform connection is up right now."""

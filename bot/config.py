@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     events_max: int = Field(default=10_000, ge=100)
     history_count: int = Field(default=10, ge=1, le=100)
     max_message_length: int = Field(default=4000, ge=100)
+    mattermost_ca_file: Path | None = None
 
     @field_validator("namespace")
     @classmethod
@@ -203,6 +204,12 @@ class Secrets(BaseSettings):
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
     slack_api_url: str | None = Field(default=None, validation_alias="SLACK_API_URL")
+    mattermost_url: str | None = Field(default=None, validation_alias="MATTERMOST_URL")
+    mattermost_token: SecretStr | None = Field(default=None, validation_alias="MATTERMOST_TOKEN")
+    mattermost_login_id: str | None = Field(default=None, validation_alias="MATTERMOST_LOGIN_ID")
+    mattermost_password: SecretStr | None = Field(
+        default=None, validation_alias="MATTERMOST_PASSWORD"
+    )
 
     @property
     def slack_configured(self) -> bool:

@@ -49,6 +49,11 @@ def relative(at_ms: int, now_ms: int) -> str:
     return f"in {span}" if delta > 0 else f"{span} ago"
 
 
+def clock_and_relative(when: When, zone: tzinfo | None) -> str:
+    """`14:35 UTC (in 30 minutes)`: the clock time and the time left (or ago)."""
+    return f"{clock_time(when.at_ms, when.now_ms, zone)} ({relative(when.at_ms, when.now_ms)})"
+
+
 def render_plain(parts: Iterable[Part], zone: tzinfo | None = None) -> str:
     """Join parts into text a terminal shows as is."""
     out = []
@@ -56,8 +61,7 @@ def render_plain(parts: Iterable[Part], zone: tzinfo | None = None) -> str:
         if isinstance(part, Mention):
             out.append(part.holder.display)
         elif isinstance(part, When):
-            clock = clock_time(part.at_ms, part.now_ms, zone)
-            out.append(f"{clock} ({relative(part.at_ms, part.now_ms)})")
+            out.append(clock_and_relative(part, zone))
         elif isinstance(part, Code):
             out.append(f"`{part.text}`")
         else:

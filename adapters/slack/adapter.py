@@ -9,6 +9,7 @@ a second replica receiving the same event does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import tzinfo
@@ -121,6 +122,11 @@ class SlackAdapter:
         """Close the Socket Mode connection."""
         await self.handler.close_async()  # type: ignore[no-untyped-call]
         log.info("slack disconnected")
+
+    async def failure(self) -> str:
+        """Never returns: slack_sdk reconnects by itself, and a bad token fails at start."""
+        await asyncio.Event().wait()
+        return ""
 
     async def post(self, channel: str, reply: Reply, *, thread: str | None = None) -> None:
         """Post a reply in a channel, in a thread when given; API errors are logged."""
