@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -43,264 +43,13 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
+from bot import scripts
 from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable
 from bot.model import Event, Holder, Job, Lease, LeaseKind, Origin
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Shared Lua helpers, prepended to every script. Scripts cannot call each other, so the
-# helpers travel with each one.
-_PRELUDE = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- Integers above 2^31 must not go through tostring, which may use exponent notation.
-local function int(n)
-  return string.format('%.0f', n)
-end
-
-local function emit(stream, cap, type, kind, name, now, data)
-  redis.call('XADD', stream, 'MAXLEN', '~', cap, '*',
-    'type', type, 'kind', kind, 'name', name, 'at', int(now), 'data', data)
-end
-
--- A lease as deploybot wrote it, or nil for anything else (hand-edited or damaged), so a
--- bad record is reported as corrupt instead of breaking the script halfway.
-local function decode_lease(raw, kind, name)
-  local ok, lease = pcall(cjson.decode, raw)
-  if not ok or type(lease) ~= 'table' or type(lease.holder) ~= 'table'
-     or lease.kind ~= kind or lease.name ~= name
-     or type(lease.holder.platform) ~= 'string' or type(lease.holder.user_id) ~= 'string'
-     or not tonumber(lease.token) or not tonumber(lease.expires_at)
-     or not tonumber(lease.acquired_at) then
-    return nil
-  end
-  return lease
-end
-
-local function same_holder(lease, holder)
-  return lease.holder.platform == holder.platform and lease.holder.user_id == holder.user_id
-end
-
--- The lease key is gone but its snapshot is still indexed: it expired and nobody has
--- said so yet. Record that now, once.
-local function flush_expired(index, timeline, events, cap, kind, name, now)
-  local field = kind .. ':' .. name
-  local stale = redis.call('HGET', index, field)
-  if stale then
-    redis.call('HDEL', index, field)
-    redis.call('ZREM', timeline, 'expire:' .. field)
-    emit(events, cap, 'expired', kind, name, now, stale)
-  end
-end
-
-local function store_lease(lease_key, index, timeline, lease, ttl)
-  local encoded = cjson.encode(lease)
-  local field = lease.kind .. ':' .. lease.name
-  redis.call('SET', lease_key, encoded, 'PX', ttl)
-  redis.call('HSET', index, field, encoded)
-  redis.call('ZADD', timeline, int(lease.expires_at), 'expire:' .. field)
-  return encoded
-end
-"""
-
-# Take a lease if free, refresh it if the caller already holds it, else report the holder.
-# The fencing token is max(last token + 1, Redis TIME in ms): it only ever increases, even
-# after a failover to a replica that missed the last writes, as long as clocks move forward.
-# KEYS[1] lease key, KEYS[2] fence counter, KEYS[3] lease index, KEYS[4] timeline,
-# KEYS[5] event stream.
-# ARGV[1] kind, ARGV[2] name, ARGV[3] holder JSON, ARGV[4] note ('' keeps the current one
-# on refresh), ARGV[5] TTL ms, ARGV[6] origin JSON or '', ARGV[7] event stream cap.
-ACQUIRE_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local ttl = tonumber(ARGV[5])
-local holder = cjson.decode(ARGV[3])
-local raw = redis.call('GET', KEYS[1])
-
-if raw then
-  local lease = decode_lease(raw, ARGV[1], ARGV[2])
-  if not lease then return {'corrupt', raw, int(now)} end
-  if not same_holder(lease, holder) then return {'held', raw, int(now)} end
-  lease.expires_at = now + ttl
-  lease.holder.display = holder.display
-  if ARGV[4] ~= '' then lease.note = ARGV[4] end
-  local encoded = store_lease(KEYS[1], KEYS[3], KEYS[4], lease, ttl)
-  emit(KEYS[5], ARGV[7], 'refreshed', ARGV[1], ARGV[2], now, encoded)
-  return {'refreshed', encoded, int(now)}
-end
-
-flush_expired(KEYS[3], KEYS[4], KEYS[5], ARGV[7], ARGV[1], ARGV[2], now)
-local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local token = math.max(last + 1, now)
-redis.call('SET', KEYS[2], int(token))
-
-local lease = {kind = ARGV[1], name = ARGV[2], holder = holder, note = ARGV[4],
-  acquired_at = now, expires_at = now + ttl, token = token}
-if ARGV[6] ~= '' then lease.origin = cjson.decode(ARGV[6]) end
-local encoded = store_lease(KEYS[1], KEYS[3], KEYS[4], lease, ttl)
-emit(KEYS[5], ARGV[7], 'acquired', ARGV[1], ARGV[2], now, encoded)
-return {'acquired', encoded, int(now)}
-"""
-)
-
-# Release a lease: only by its holder, or by anyone when forced (admins; checked before).
-# KEYS[1] lease key, KEYS[2] lease index, KEYS[3] timeline, KEYS[4] event stream.
-# ARGV[1] kind, ARGV[2] name, ARGV[3] caller JSON, ARGV[4] event stream cap,
-# ARGV[5] '1' to force, ARGV[6] reason (forced only).
-RELEASE_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local caller = cjson.decode(ARGV[3])
-local forced = ARGV[5] == '1'
-local raw = redis.call('GET', KEYS[1])
-
-if not raw then
-  flush_expired(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[1], ARGV[2], now)
-  return {'free', '', int(now)}
-end
-
-local lease = decode_lease(raw, ARGV[1], ARGV[2])
-if not lease and not forced then return {'corrupt', raw, int(now)} end
-if lease and not forced and not same_holder(lease, caller) then
-  return {'not_holder', raw, int(now)}
-end
-
-local field = ARGV[1] .. ':' .. ARGV[2]
-redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], field)
-redis.call('ZREM', KEYS[3], 'expire:' .. field)
-
-if forced then
-  local record = lease or {kind = ARGV[1], name = ARGV[2], corrupt = raw}
-  record.forced_by = caller
-  record.reason = ARGV[6]
-  emit(KEYS[4], ARGV[4], 'forced', ARGV[1], ARGV[2], now, cjson.encode(record))
-  return {'forced', raw, int(now)}
-end
-emit(KEYS[4], ARGV[4], 'released', ARGV[1], ARGV[2], now, raw)
-return {'released', raw, int(now)}
-"""
-)
-
-# Extend a lease held by the caller: new expiry = Redis now + TTL.
-# KEYS[1] lease key, KEYS[2] lease index, KEYS[3] timeline, KEYS[4] event stream.
-# ARGV[1] kind, ARGV[2] name, ARGV[3] caller JSON, ARGV[4] TTL ms, ARGV[5] event stream cap.
-EXTEND_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local caller = cjson.decode(ARGV[3])
-local raw = redis.call('GET', KEYS[1])
-
-if not raw then
-  flush_expired(KEYS[2], KEYS[3], KEYS[4], ARGV[5], ARGV[1], ARGV[2], now)
-  return {'free', '', int(now)}
-end
-local lease = decode_lease(raw, ARGV[1], ARGV[2])
-if not lease then return {'corrupt', raw, int(now)} end
-if not same_holder(lease, caller) then return {'not_holder', raw, int(now)} end
-
-local ttl = tonumber(ARGV[4])
-lease.expires_at = now + ttl
-local encoded = store_lease(KEYS[1], KEYS[2], KEYS[3], lease, ttl)
-emit(KEYS[4], ARGV[5], 'extended', ARGV[1], ARGV[2], now, encoded)
-return {'extended', encoded, int(now)}
-"""
-)
-
-# Turn due timeline entries into events, at most ARGV[2] per call, so the cost follows the
-# number of due entries, never the number of live leases. A lease extended since its entry
-# was scored is re-scored, not announced.
-# KEYS[1] timeline, KEYS[2] lease index, KEYS[3] event stream.
-# ARGV[1] lease key prefix ("{ns}:lease:"), ARGV[2] batch limit, ARGV[3] event stream cap.
-SWEEP_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-local expired = 0
-
-for _, member in ipairs(due) do
-  local kind, name = string.match(member, '^expire:([^:]+):(.+)$')
-  local raw = kind and redis.call('GET', ARGV[1] .. kind .. ':' .. name)
-  if not kind then
-    redis.call('ZREM', KEYS[1], member)
-  elseif raw then
-    local lease = decode_lease(raw, kind, name)
-    local due_at = lease and math.max(lease.expires_at, now + 1000) or now + 1000
-    redis.call('ZADD', KEYS[1], int(due_at), member)
-  else
-    flush_expired(KEYS[2], KEYS[1], KEYS[3], ARGV[3], kind, name, now)
-    redis.call('ZREM', KEYS[1], member)
-    expired = expired + 1
-  end
-end
-return {expired, #due}
-"""
-)
-
-# Record a job status. KEYS[1] jobs hash, KEYS[2] event stream.
-# ARGV[1] job JSON without updated_at, ARGV[2] event stream cap.
-SET_JOB_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local job = cjson.decode(ARGV[1])
-job.updated_at = now
-local encoded = cjson.encode(job)
-redis.call('HSET', KEYS[1], job.name, encoded)
-emit(KEYS[2], ARGV[2], 'job', 'job', job.name, now, encoded)
-return encoded
-"""
-)
-
-# Remove a job status. KEYS[1] jobs hash, KEYS[2] event stream.
-# ARGV[1] job name, ARGV[2] event stream cap, ARGV[3] remover's name.
-REMOVE_JOB_SCRIPT = (
-    _PRELUDE
-    + """
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-if removed == 1 then
-  local data = cjson.encode({name = ARGV[1], removed_by = ARGV[3]})
-  emit(KEYS[2], ARGV[2], 'job_removed', 'job', ARGV[1], now_ms(), data)
-end
-return removed
-"""
-)
-
-# List jobs, dropping finished ones older than the retention. Returns Redis now, then name
-# and value pairs; unparseable records are returned as they are, so the caller can report
-# them instead of failing.
-# KEYS[1] jobs hash. ARGV[1] retention ms.
-LIST_JOBS_SCRIPT = (
-    _PRELUDE
-    + """
-local now = now_ms()
-local cutoff = now - tonumber(ARGV[1])
-local entries = redis.call('HGETALL', KEYS[1])
-local kept = {int(now)}
-for i = 1, #entries, 2 do
-  local ok, job = pcall(cjson.decode, entries[i + 1])
-  local finished = ok and type(job) == 'table'
-    and (job.status == 'succeeded' or job.status == 'failed')
-    and tonumber(job.updated_at) and tonumber(job.updated_at) < cutoff
-  if finished then
-    redis.call('HDEL', KEYS[1], entries[i])
-  else
-    table.insert(kept, entries[i])
-    table.insert(kept, entries[i + 1])
-  end
-end
-return kept
-"""
-)
 
 # Failures that mean "no usable Redis right now": down, unreachable, still loading, a
 # read-only replica after a failover, a wrong password, or something else on that port.
@@ -344,20 +93,66 @@ class JobListing:
     now_ms: int
 
 
+@dataclass(frozen=True)
+class LeasePolicy:
+    """How leases behave beyond a single call: waitlist handoff, reminders, history size."""
+
+    events_max: int = 10_000
+    handoff: str = "auto"
+    default_ttl_ms: tuple[int, int] = (3_600_000, 14_400_000)
+    reminder_offsets_ms: tuple[int, ...] = (600_000,)
+
+    def default_ttl(self, kind: LeaseKind) -> int:
+        """The default TTL handed-off leases get (lock, claim)."""
+        return self.default_ttl_ms[0 if kind is LeaseKind.LOCK else 1]
+
+
+@dataclass(frozen=True)
+class WaitlistResult:
+    """What joining a waitlist did, and the lease it is about (None when free)."""
+
+    outcome: str
+    lease: Lease | None
+    position: int
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one sweep of the timeline did."""
+
+    expired: int
+    reminders: int
+    due: int
+
+
 class Store:
     """deploybot's state in Redis. Methods raise StoreUnavailable when Redis cannot answer."""
 
-    def __init__(self, client: aioredis.Redis, *, namespace: str, events_max: int = 10_000):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str,
+        events_max: int | None = None,
+        policy: LeasePolicy | None = None,
+    ):
         self._redis = client
         self._prefix = "{" + namespace + "}"
-        self._events_max = events_max
-        self._acquire = client.register_script(ACQUIRE_SCRIPT)
-        self._release = client.register_script(RELEASE_SCRIPT)
-        self._extend = client.register_script(EXTEND_SCRIPT)
-        self._sweep = client.register_script(SWEEP_SCRIPT)
-        self._set_job = client.register_script(SET_JOB_SCRIPT)
-        self._remove_job = client.register_script(REMOVE_JOB_SCRIPT)
-        self._list_jobs = client.register_script(LIST_JOBS_SCRIPT)
+        policy = policy or LeasePolicy()
+        if events_max is not None:
+            policy = replace(policy, events_max=events_max)
+        self.policy = policy
+        self._events_max = policy.events_max
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._release = client.register_script(scripts.RELEASE)
+        self._extend = client.register_script(scripts.EXTEND)
+        self._join = client.register_script(scripts.JOIN_WAITLIST)
+        self._leave = client.register_script(scripts.LEAVE_WAITLIST)
+        self._sweep = client.register_script(scripts.SWEEP)
+        self._set_job = client.register_script(scripts.SET_JOB)
+        self._remove_job = client.register_script(scripts.REMOVE_JOB)
+        self._list_jobs = client.register_script(scripts.LIST_JOBS)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -393,22 +188,16 @@ class Store:
         ttl_ms: int,
         note: str = "",
         origin: Origin | None = None,
+        via: Origin | None = None,
     ) -> LeaseChange:
         """Take the lease, or refresh it when `holder` has it already (same token).
 
         Raises LeaseHeld when someone else holds it and CorruptRecord when the stored value
-        cannot be read.
+        cannot be read. `via` (where the command came from) travels with the event, so
+        announcements are not repeated in the channel that already saw the reply.
         """
-        keys = [
-            self._lease_key(kind, name),
-            self.key("fence", kind, name),
-            self.key("leases"),
-            self.key("timeline"),
-            self.key("events"),
-        ]
-        origin_json = _dumps(origin.__dict__) if origin else ""
-        args = [kind, name, _dumps(holder.__dict__), note, ttl_ms, origin_json, self._events_max]
-        outcome, lease, now = await self._run_lease_script(self._acquire, keys, args, kind, name)
+        extra = [_dumps(holder.__dict__), note, ttl_ms, _dumps(origin.__dict__) if origin else ""]
+        outcome, lease, now = await self._run_lease_script(self._acquire, kind, name, via, extra)
         if outcome == "held":
             raise LeaseHeld(lease, now)
 
@@ -423,34 +212,31 @@ class Store:
         return LeaseChange(lease, now, outcome)
 
     async def release(
-        self, kind: LeaseKind, name: str, caller: Holder, *, force_reason: str | None = None
+        self,
+        kind: LeaseKind,
+        name: str,
+        caller: Holder,
+        *,
+        force_reason: str | None = None,
+        via: Origin | None = None,
     ) -> LeaseChange:
-        """Release the lease. Only its holder may, unless `force_reason` is given.
+        """Release the lease and serve the waitlist. Only its holder may, unless forced.
 
         Forcing is for admins; the caller checks that. A forced release also clears a
         corrupt record, which nothing else can.
         """
-        keys = [
-            self._lease_key(kind, name),
-            self.key("leases"),
-            self.key("timeline"),
-            self.key("events"),
-        ]
         forced = force_reason is not None
-        args = [
-            kind,
-            name,
-            _dumps(caller.__dict__),
-            self._events_max,
-            int(forced),
-            force_reason or "",
-        ]
-        result = await self._call(self._release, keys=keys, args=args)
+        extra = [_dumps(caller.__dict__), int(forced), force_reason or ""]
+        result = await self._call(
+            self._release,
+            keys=self._lease_keys(kind, name),
+            args=self._lease_args(kind, name, via, extra),
+        )
         outcome, raw, now = _text(result[0]), _text(result[1]), int(result[2])
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
-            raise CorruptRecord(keys[0])
+            raise CorruptRecord(self._lease_key(kind, name))
 
         lease = self._parse_or_placeholder(raw, kind, name, now)
         if outcome == "not_holder":
@@ -463,22 +249,22 @@ class Store:
             caller.identity,
             lease.token,
         )
-        if outcome == "forced":
+        if forced:
             return LeaseChange(lease, now, outcome, forced_by=caller, reason=force_reason or "")
         return LeaseChange(lease, now, outcome)
 
     async def extend(
-        self, kind: LeaseKind, name: str, caller: Holder, *, ttl_ms: int
+        self,
+        kind: LeaseKind,
+        name: str,
+        caller: Holder,
+        *,
+        ttl_ms: int,
+        via: Origin | None = None,
     ) -> LeaseChange:
-        """Move the expiry to Redis now + `ttl_ms`; only the holder may."""
-        keys = [
-            self._lease_key(kind, name),
-            self.key("leases"),
-            self.key("timeline"),
-            self.key("events"),
-        ]
-        args = [kind, name, _dumps(caller.__dict__), ttl_ms, self._events_max]
-        outcome, lease, now = await self._run_lease_script(self._extend, keys, args, kind, name)
+        """Move the expiry to Redis now + `ttl_ms` and re-arm reminders; holder only."""
+        extra = [_dumps(caller.__dict__), ttl_ms]
+        outcome, lease, now = await self._run_lease_script(self._extend, kind, name, via, extra)
         if outcome == "not_holder":
             raise NotHolder(lease, "extend")
 
@@ -490,6 +276,71 @@ class Store:
             lease.token,
         )
         return LeaseChange(lease, now, outcome)
+
+    async def join_waitlist(
+        self,
+        kind: LeaseKind,
+        name: str,
+        holder: Holder,
+        *,
+        ttl_ms: int | None = None,
+        note: str = "",
+        origin: Origin | None = None,
+        via: Origin | None = None,
+    ) -> WaitlistResult:
+        """Wait for the lease (idempotent); a free one is taken at once in 'auto' mode."""
+        extra = [
+            _dumps(holder.__dict__),
+            note,
+            ttl_ms or "",
+            _dumps(origin.__dict__) if origin else "",
+        ]
+        result = await self._call(
+            self._join,
+            keys=self._lease_keys(kind, name),
+            args=self._lease_args(kind, name, via, extra),
+        )
+        outcome, raw, now, position = (
+            _text(result[0]),
+            _text(result[1]),
+            int(result[2]),
+            int(result[3]),
+        )
+        if outcome == "corrupt":
+            raise CorruptRecord(self._lease_key(kind, name))
+        lease = _parse_lease(raw, self._lease_key(kind, name)) if raw else None
+        log.info(
+            "waitlist %s kind=%s name=%s holder=%s position=%s",
+            outcome,
+            kind,
+            name,
+            holder.identity,
+            position,
+        )
+        return WaitlistResult(outcome, lease, position, now)
+
+    async def leave_waitlist(
+        self, kind: LeaseKind, name: str, holder: Holder, *, via: Origin | None = None
+    ) -> bool:
+        """Stop waiting; False when `holder` was not on the waitlist."""
+        extra = [_dumps(holder.__dict__)]
+        result = await self._call(
+            self._leave,
+            keys=self._lease_keys(kind, name),
+            args=self._lease_args(kind, name, via, extra),
+        )
+        return _text(result[0]) == "left"
+
+    async def waiters(self, kind: LeaseKind, name: str) -> list[Holder]:
+        """Who waits for the lease, first in line first; unreadable entries are skipped."""
+        raws = await self._call(self._redis.lrange, self.key("queue", kind, name), 0, -1)
+        holders = []
+        for raw in raws:
+            try:
+                holders.append(Holder.from_dict(json.loads(raw)["holder"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable waitlist entry kind=%s name=%s", kind, name)
+        return holders
 
     async def get(self, kind: LeaseKind, name: str) -> Lease | None:
         """The current lease on `name`, or None when it is free."""
@@ -517,14 +368,23 @@ class Store:
                 corrupt.append(key)
         return LeaseListing(leases, corrupt, now)
 
-    async def sweep_due(self, *, limit: int = 500) -> int:
-        """Record an "expired" event for each lease whose TTL ran out; returns how many."""
+    async def sweep_due(self, *, limit: int = 500) -> SweepResult:
+        """Turn due expiries and reminders into events (and hand freed leases on)."""
         keys = [self.key("timeline"), self.key("leases"), self.key("events")]
-        args = [self.key("lease") + ":", limit, self._events_max]
-        expired, _seen = await self._call(self._sweep, keys=keys, args=args)
-        if expired:
-            log.info("sweep expired=%s", expired)
-        return int(expired)
+        policy = self.policy
+        args = [
+            self._prefix + ":",
+            limit,
+            policy.events_max,
+            policy.handoff,
+            policy.default_ttl_ms[0],
+            policy.default_ttl_ms[1],
+            ",".join(str(offset) for offset in policy.reminder_offsets_ms),
+        ]
+        expired, reminders, due = await self._call(self._sweep, keys=keys, args=args)
+        if expired or reminders:
+            log.info("sweep expired=%s reminders=%s", expired, reminders)
+        return SweepResult(int(expired), int(reminders), int(due))
 
     async def history(
         self, name: str, *, count: int, kinds: tuple[str, ...] | None = None
@@ -585,16 +445,49 @@ class Store:
         return bool(await self._call(self._redis.set, key, "1", nx=True, ex=ttl_s))
 
     async def _run_lease_script(
-        self, script: Any, keys: list[str], args: list[Any], kind: LeaseKind, name: str
+        self, script: Any, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
     ) -> tuple[str, Lease, int]:
         """Run a lease script; map free and corrupt outcomes to their errors."""
-        result = await self._call(script, keys=keys, args=args)
+        result = await self._call(
+            script,
+            keys=self._lease_keys(kind, name),
+            args=self._lease_args(kind, name, via, extra),
+        )
         outcome, raw, now = _text(result[0]), result[1], int(result[2])
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
-            raise CorruptRecord(keys[0])
-        return outcome, _parse_lease(raw, keys[0]), now
+            raise CorruptRecord(self._lease_key(kind, name))
+        return outcome, _parse_lease(raw, self._lease_key(kind, name)), now
+
+    def _lease_keys(self, kind: LeaseKind, name: str) -> list[str]:
+        """KEYS for every lease script (see bot.scripts)."""
+        return [
+            self._lease_key(kind, name),
+            self.key("fence", kind, name),
+            self.key("leases"),
+            self.key("timeline"),
+            self.key("events"),
+            self.key("queue", kind, name),
+        ]
+
+    def _lease_args(
+        self, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
+    ) -> list[Any]:
+        """The leading ARGV every lease script shares, then the script's own."""
+        policy = self.policy
+        offsets = ",".join(str(offset) for offset in policy.reminder_offsets_ms)
+        via_json = _dumps(via.__dict__) if via else ""
+        return [
+            kind,
+            name,
+            policy.events_max,
+            policy.handoff,
+            policy.default_ttl(kind),
+            offsets,
+            via_json,
+            *extra,
+        ]
 
     def _parse_or_placeholder(self, raw: str, kind: LeaseKind, name: str, now: int) -> Lease:
         """Parse a released lease; a force-cleared corrupt record yields a placeholder."""

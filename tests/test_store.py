@@ -282,8 +282,8 @@ async def test_expired_lease_is_swept_exactly_once(store: Store, kind: LeaseKind
     taken = await store.acquire(kind, "backend", ALICE, ttl_ms=300, note="short")
     await wait_until_expired(store, taken.lease)
 
-    assert await store.sweep_due() == 1
-    assert await store.sweep_due() == 0
+    assert (await store.sweep_due()).expired == 1
+    assert (await store.sweep_due()).expired == 0
 
     assert await event_types(store, "backend") == ["expired", "acquired"]
     expired = (await store.history("backend", count=1))[0]
@@ -302,7 +302,7 @@ async def test_acquire_after_expiry_records_expired_first(store: Store, kind: Le
 
     assert second.outcome == "acquired"
     assert second.lease.holder == BOB
-    assert await store.sweep_due() == 0
+    assert (await store.sweep_due()).expired == 0
     assert await event_types(store, "backend") == ["acquired", "expired", "acquired"]
     expired = (await store.history("backend", count=2))[1]
     assert expired.data["token"] == taken.lease.token
@@ -322,7 +322,7 @@ async def test_release_or_extend_after_expiry_records_expired(
         else:
             await store.extend(kind, "backend", ALICE, ttl_ms=HOUR_MS)
 
-    assert await store.sweep_due() == 0
+    assert (await store.sweep_due()).expired == 0
     assert await event_types(store, "backend") == ["expired", "acquired"]
 
 
@@ -335,7 +335,7 @@ async def test_extended_lease_is_not_expired_at_old_due_time(
 
     await asyncio.sleep(0.5)
 
-    assert await store.sweep_due() == 0
+    assert (await store.sweep_due()).expired == 0
     current = await store.get(kind, "backend")
     assert current is not None and current.token == taken.lease.token
     assert await event_types(store, "backend") == ["extended", "acquired"]

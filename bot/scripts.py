@@ -1,0 +1,453 @@
+"""The Lua scripts behind every mutation. Each runs atomically inside Redis.
+
+Every lease script takes the same KEYS and leading ARGV, so the shared helpers in
+`_PRELUDE` (expiry, reminders, waitlist handoff) work the same from any of them:
+
+    KEYS[1] lease key      {ns}:lease:<kind>:<name>   (JSON, PX TTL; gone means free)
+    KEYS[2] fence counter  {ns}:fence:<kind>:<name>   (last fencing token issued)
+    KEYS[3] lease index    {ns}:leases                (hash "<kind>:<name>" -> snapshot)
+    KEYS[4] timeline       {ns}:timeline              (zset of due expiries and reminders)
+    KEYS[5] event stream   {ns}:events                (capped stream)
+    KEYS[6] waitlist       {ns}:queue:<kind>:<name>   (list of waiter JSON, oldest first)
+
+    ARGV[1] kind   ARGV[2] name   ARGV[3] event stream cap   ARGV[4] handoff mode
+    ('auto' gives a freed lease to the first waiter, 'notify' only tells them)
+    ARGV[5] this kind's default TTL ms   ARGV[6] reminder offsets ms, comma-separated
+    ARGV[7] "via" JSON (where the command came from) or ''
+
+Script-specific arguments follow from ARGV[8]. Times always come from Redis `TIME`, so
+replicas never disagree about the clock. Timestamps are milliseconds: 13 digits, exact in
+Lua's doubles and in cjson's 14-digit number encoding.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Integers above 2^31 must not go through tostring, which may use exponent notation.
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function lease_context()
+  return {lease = KEYS[1], fence = KEYS[2], index = KEYS[3], timeline = KEYS[4],
+    events = KEYS[5], queue = KEYS[6], kind = ARGV[1], name = ARGV[2], cap = ARGV[3],
+    handoff = ARGV[4], default_ttl = tonumber(ARGV[5]), offsets = ARGV[6], via = ARGV[7]}
+end
+
+local function emit(ctx, type, now, data)
+  redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.cap, '*',
+    'type', type, 'kind', ctx.kind, 'name', ctx.name, 'at', int(now), 'data', data)
+end
+
+-- `raw` (a JSON object) with extra fields, for an event's data.
+local function with_fields(raw, extra)
+  local ok, data = pcall(cjson.decode, raw)
+  if not ok or type(data) ~= 'table' then data = {raw = raw} end
+  for key, value in pairs(extra) do data[key] = value end
+  return cjson.encode(data)
+end
+
+local function with_via(ctx, raw)
+  if ctx.via == '' then return raw end
+  return with_fields(raw, {via = cjson.decode(ctx.via)})
+end
+
+-- A lease as deploybot wrote it, or nil for anything else (hand-edited or damaged), so a
+-- bad record is reported as corrupt instead of breaking the script halfway.
+local function decode_lease(raw, kind, name)
+  local ok, lease = pcall(cjson.decode, raw)
+  if not ok or type(lease) ~= 'table' or type(lease.holder) ~= 'table'
+     or lease.kind ~= kind or lease.name ~= name
+     or type(lease.holder.platform) ~= 'string' or type(lease.holder.user_id) ~= 'string'
+     or not tonumber(lease.token) or not tonumber(lease.expires_at)
+     or not tonumber(lease.acquired_at) then
+    return nil
+  end
+  return lease
+end
+
+local function same_holder(a, b)
+  return a.platform == b.platform and a.user_id == b.user_id
+end
+
+local function field(ctx)
+  return ctx.kind .. ':' .. ctx.name
+end
+
+local MAX_REMINDERS = 10
+
+local function clear_timeline(ctx)
+  redis.call('ZREM', ctx.timeline, 'expire:' .. field(ctx))
+  for i = 1, MAX_REMINDERS do
+    redis.call('ZREM', ctx.timeline, 'remind:' .. field(ctx) .. ':' .. i)
+  end
+end
+
+-- One reminder per configured offset before expiry; for a lease shorter than twice an
+-- offset, at half its remaining life instead. Re-arming replaces the earlier ones.
+local function arm_reminders(ctx, lease, now)
+  local left = lease.expires_at - now
+  local due_times, seen = {}, {}
+  for offset in string.gmatch(ctx.offsets, '[^,]+') do
+    local o = tonumber(offset)
+    local due = (left >= 2 * o) and (lease.expires_at - o) or (now + math.floor(left / 2))
+    if not seen[due] and #due_times < MAX_REMINDERS then
+      seen[due] = true
+      table.insert(due_times, due)
+    end
+  end
+  for i = 1, MAX_REMINDERS do
+    local member = 'remind:' .. field(ctx) .. ':' .. i
+    if due_times[i] then
+      redis.call('ZADD', ctx.timeline, int(due_times[i]), member)
+    else
+      redis.call('ZREM', ctx.timeline, member)
+    end
+  end
+end
+
+local function store_lease(ctx, lease, ttl, now)
+  local encoded = cjson.encode(lease)
+  redis.call('SET', ctx.lease, encoded, 'PX', ttl)
+  redis.call('HSET', ctx.index, field(ctx), encoded)
+  redis.call('ZADD', ctx.timeline, int(lease.expires_at), 'expire:' .. field(ctx))
+  arm_reminders(ctx, lease, now)
+  return encoded
+end
+
+-- A fresh acquisition. The fencing token is max(last token + 1, Redis TIME in ms): it
+-- only ever increases, even after a failover to a replica that missed the last writes.
+local function take(ctx, holder, note, ttl, origin, now)
+  local last = tonumber(redis.call('GET', ctx.fence) or '0') or 0
+  local token = math.max(last + 1, now)
+  redis.call('SET', ctx.fence, int(token))
+  local lease = {kind = ctx.kind, name = ctx.name, holder = holder, note = note,
+    acquired_at = now, expires_at = now + ttl, token = token}
+  if type(origin) == 'table' then lease.origin = origin end
+  return store_lease(ctx, lease, ttl, now)
+end
+
+-- Position (1-based) of `holder` in the waitlist, or nil.
+local function waiter_position(ctx, holder)
+  local entries = redis.call('LRANGE', ctx.queue, 0, -1)
+  for i, raw in ipairs(entries) do
+    local ok, waiter = pcall(cjson.decode, raw)
+    if ok and type(waiter) == 'table' and type(waiter.holder) == 'table'
+       and same_holder(waiter.holder, holder) then
+      return i, raw
+    end
+  end
+  return nil
+end
+
+local function remove_waiter(ctx, holder)
+  local position, raw = waiter_position(ctx, holder)
+  if position then redis.call('LREM', ctx.queue, 1, raw) end
+  return position
+end
+
+-- The resource just became free: give it to the first waiter ('auto'), or tell them
+-- ('notify'). Unreadable waitlist entries are dropped.
+local function hand_off(ctx, now)
+  while true do
+    local raw = redis.call('LPOP', ctx.queue)
+    if not raw then return end
+    local ok, waiter = pcall(cjson.decode, raw)
+    if ok and type(waiter) == 'table' and type(waiter.holder) == 'table' then
+      if ctx.handoff == 'auto' then
+        local ttl = tonumber(waiter.ttl) or ctx.default_ttl
+        local encoded = take(ctx, waiter.holder, waiter.note or '', ttl, waiter.origin, now)
+        emit(ctx, 'acquired', now, with_fields(encoded, {handoff = true}))
+      else
+        emit(ctx, 'free', now, cjson.encode({kind = ctx.kind, name = ctx.name, next = waiter}))
+      end
+      return
+    end
+  end
+end
+
+-- The lease key is gone but its snapshot is still indexed: it expired and nobody has
+-- said so yet. Record that now (once), then serve the waitlist.
+local function flush_expired(ctx, now)
+  local stale = redis.call('HGET', ctx.index, field(ctx))
+  if not stale then return false end
+  redis.call('HDEL', ctx.index, field(ctx))
+  clear_timeline(ctx)
+  local lease = decode_lease(stale, ctx.kind, ctx.name)
+  local due = lease and lease.expires_at or now
+  emit(ctx, 'expired', now, with_fields(stale, {due_at = due}))
+  hand_off(ctx, now)
+  return true
+end
+
+-- The current lease, after recording an unnoticed expiry (which may hand it on).
+local function current(ctx, now)
+  local raw = redis.call('GET', ctx.lease)
+  if raw then return raw end
+  flush_expired(ctx, now)
+  return redis.call('GET', ctx.lease)
+end
+"""
+
+# Take a lease if free, refresh it if the caller already holds it, else report the holder.
+# ARGV[8] holder JSON, ARGV[9] note ('' keeps the current note on refresh),
+# ARGV[10] TTL ms, ARGV[11] origin JSON or ''.
+ACQUIRE = (
+    _PRELUDE
+    + """
+local ctx = lease_context()
+local now = now_ms()
+local holder = cjson.decode(ARGV[8])
+local ttl = tonumber(ARGV[10])
+local raw = current(ctx, now)
+
+if raw then
+  local lease = decode_lease(raw, ctx.kind, ctx.name)
+  if not lease then return {'corrupt', raw, int(now)} end
+  if not same_holder(lease.holder, holder) then return {'held', raw, int(now)} end
+  lease.expires_at = now + ttl
+  lease.holder.display = holder.display
+  if ARGV[9] ~= '' then lease.note = ARGV[9] end
+  local encoded = store_lease(ctx, lease, ttl, now)
+  emit(ctx, 'refreshed', now, with_via(ctx, encoded))
+  return {'refreshed', encoded, int(now)}
+end
+
+local origin = ARGV[11] ~= '' and cjson.decode(ARGV[11]) or nil
+local encoded = take(ctx, holder, ARGV[9], ttl, origin, now)
+remove_waiter(ctx, holder)
+emit(ctx, 'acquired', now, with_via(ctx, encoded))
+return {'acquired', encoded, int(now)}
+"""
+)
+
+# Release a lease: only by its holder, or by anyone when forced (admins; checked before).
+# A forced release also clears a corrupt record. The freed lease goes to the waitlist.
+# ARGV[8] caller JSON, ARGV[9] '1' to force, ARGV[10] reason (forced only).
+RELEASE = (
+    _PRELUDE
+    + """
+local ctx = lease_context()
+local now = now_ms()
+local caller = cjson.decode(ARGV[8])
+local forced = ARGV[9] == '1'
+local raw = redis.call('GET', ctx.lease)
+
+if not raw then
+  flush_expired(ctx, now)
+  return {'free', '', int(now)}
+end
+local lease = decode_lease(raw, ctx.kind, ctx.name)
+if not lease and not forced then return {'corrupt', raw, int(now)} end
+if lease and not forced and not same_holder(lease.holder, caller) then
+  return {'not_holder', raw, int(now)}
+end
+
+redis.call('DEL', ctx.lease)
+redis.call('HDEL', ctx.index, field(ctx))
+clear_timeline(ctx)
+
+if forced then
+  local record = lease or {kind = ctx.kind, name = ctx.name, corrupt = raw}
+  record.forced_by = caller
+  record.reason = ARGV[10]
+  emit(ctx, 'forced', now, with_via(ctx, cjson.encode(record)))
+else
+  emit(ctx, 'released', now, with_via(ctx, raw))
+end
+hand_off(ctx, now)
+return {forced and 'forced' or 'released', raw, int(now)}
+"""
+)
+
+# Extend a lease held by the caller: new expiry = Redis now + TTL; reminders re-armed.
+# ARGV[8] caller JSON, ARGV[9] TTL ms.
+EXTEND = (
+    _PRELUDE
+    + """
+local ctx = lease_context()
+local now = now_ms()
+local caller = cjson.decode(ARGV[8])
+local raw = redis.call('GET', ctx.lease)
+
+if not raw then
+  flush_expired(ctx, now)
+  return {'free', '', int(now)}
+end
+local lease = decode_lease(raw, ctx.kind, ctx.name)
+if not lease then return {'corrupt', raw, int(now)} end
+if not same_holder(lease.holder, caller) then return {'not_holder', raw, int(now)} end
+
+local ttl = tonumber(ARGV[9])
+lease.expires_at = now + ttl
+local encoded = store_lease(ctx, lease, ttl, now)
+emit(ctx, 'extended', now, with_via(ctx, encoded))
+return {'extended', encoded, int(now)}
+"""
+)
+
+# Join the waitlist (idempotent). A free resource is taken at once in 'auto' mode.
+# Returns {outcome, lease or '', now, position}: 'holding' (the caller holds it already),
+# 'waiting' (with position), 'acquired' (it was free), 'free' ('notify' mode), 'corrupt'.
+# ARGV[8] holder JSON, ARGV[9] note, ARGV[10] TTL ms or '', ARGV[11] origin JSON or ''.
+JOIN_WAITLIST = (
+    _PRELUDE
+    + """
+local ctx = lease_context()
+local now = now_ms()
+local holder = cjson.decode(ARGV[8])
+local raw = current(ctx, now)
+
+if raw then
+  local lease = decode_lease(raw, ctx.kind, ctx.name)
+  if not lease then return {'corrupt', raw, int(now), 0} end
+  if same_holder(lease.holder, holder) then return {'holding', raw, int(now), 0} end
+  local position = waiter_position(ctx, holder)
+  if position then return {'waiting', raw, int(now), position} end
+  local waiter = {holder = holder, note = ARGV[9], since = now}
+  if ARGV[10] ~= '' then waiter.ttl = tonumber(ARGV[10]) end
+  if ARGV[11] ~= '' then waiter.origin = cjson.decode(ARGV[11]) end
+  position = redis.call('RPUSH', ctx.queue, cjson.encode(waiter))
+  emit(ctx, 'queued', now, with_via(ctx, cjson.encode({holder = holder, position = position})))
+  return {'waiting', raw, int(now), position}
+end
+
+if ctx.handoff ~= 'auto' then return {'free', '', int(now), 0} end
+local ttl = ARGV[10] ~= '' and tonumber(ARGV[10]) or ctx.default_ttl
+local origin = ARGV[11] ~= '' and cjson.decode(ARGV[11]) or nil
+local encoded = take(ctx, holder, ARGV[9], ttl, origin, now)
+emit(ctx, 'acquired', now, with_via(ctx, encoded))
+return {'acquired', encoded, int(now), 0}
+"""
+)
+
+# Leave the waitlist. Returns {'left' or 'not_waiting', position or 0}.
+# ARGV[8] holder JSON.
+LEAVE_WAITLIST = (
+    _PRELUDE
+    + """
+local ctx = lease_context()
+local holder = cjson.decode(ARGV[8])
+local position = remove_waiter(ctx, holder)
+if not position then return {'not_waiting', 0} end
+emit(ctx, 'left', now_ms(), with_via(ctx, cjson.encode({holder = holder})))
+return {'left', position}
+"""
+)
+
+# Turn due timeline entries into events, at most ARGV[2] per call, so the cost follows the
+# number of due entries, never the number of live leases. Taking them out is part of the
+# script, so with several replicas sweeping, each entry is handled exactly once.
+# KEYS[1] timeline, KEYS[2] lease index, KEYS[3] event stream.
+# ARGV[1] key prefix ("{ns}:"), ARGV[2] batch limit, ARGV[3] event stream cap,
+# ARGV[4] handoff mode, ARGV[5] lock default TTL ms, ARGV[6] claim default TTL ms,
+# ARGV[7] reminder offsets ms, comma-separated.
+# Returns {expired, reminders, due entries seen}.
+SWEEP = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
+  'LIMIT', 0, tonumber(ARGV[2]))
+local expired, reminded = 0, 0
+
+local function context_for(kind, name)
+  local suffix = kind .. ':' .. name
+  return {lease = ARGV[1] .. 'lease:' .. suffix, fence = ARGV[1] .. 'fence:' .. suffix,
+    index = KEYS[2], timeline = KEYS[1], events = KEYS[3],
+    queue = ARGV[1] .. 'queue:' .. suffix, kind = kind, name = name, cap = ARGV[3],
+    handoff = ARGV[4], default_ttl = tonumber(kind == 'lock' and ARGV[5] or ARGV[6]),
+    offsets = ARGV[7], via = ''}
+end
+
+for i = 1, #due, 2 do
+  local member, score = due[i], tonumber(due[i + 1])
+  local what, kind, name = string.match(member, '^(%a+):(%a+):(.+)$')
+  if what == 'remind' then name = string.match(name, '^(.+):%d+$') end
+  if not (what and kind and name) or (kind ~= 'lock' and kind ~= 'claim') then
+    redis.call('ZREM', KEYS[1], member)
+  else
+    local ctx = context_for(kind, name)
+    local raw = redis.call('GET', ctx.lease)
+    local lease = raw and decode_lease(raw, kind, name)
+    if what == 'expire' and raw then
+      -- Still alive (extended since, or Redis has not expired it yet): look again later.
+      local due_at = lease and math.max(lease.expires_at, now + 100) or now + 1000
+      redis.call('ZADD', KEYS[1], int(due_at), member)
+    elseif what == 'expire' then
+      redis.call('ZREM', KEYS[1], member)
+      if flush_expired(ctx, now) then expired = expired + 1 end
+    else
+      redis.call('ZREM', KEYS[1], member)
+      if lease and lease.expires_at > now then
+        emit(ctx, 'reminder', now, with_fields(raw, {due_at = score}))
+        reminded = reminded + 1
+      end
+    end
+  end
+end
+return {expired, reminded, #due / 2}
+"""
+)
+
+# Record a job status. KEYS[1] jobs hash, KEYS[2] event stream.
+# ARGV[1] job JSON without updated_at, ARGV[2] event stream cap.
+SET_JOB = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local job = cjson.decode(ARGV[1])
+job.updated_at = now
+local encoded = cjson.encode(job)
+redis.call('HSET', KEYS[1], job.name, encoded)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  'type', 'job', 'kind', 'job', 'name', job.name, 'at', int(now), 'data', encoded)
+return encoded
+"""
+)
+
+# Remove a job status. KEYS[1] jobs hash, KEYS[2] event stream.
+# ARGV[1] job name, ARGV[2] event stream cap, ARGV[3] remover's name.
+REMOVE_JOB = (
+    _PRELUDE
+    + """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 then
+  local data = cjson.encode({name = ARGV[1], removed_by = ARGV[3]})
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+    'type', 'job_removed', 'kind', 'job', 'name', ARGV[1], 'at', int(now_ms()), 'data', data)
+end
+return removed
+"""
+)
+
+# List jobs, dropping finished ones older than the retention. Returns Redis now, then name
+# and value pairs; unparseable records are returned as they are, so the caller can report
+# them instead of failing. KEYS[1] jobs hash. ARGV[1] retention ms.
+LIST_JOBS = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local cutoff = now - tonumber(ARGV[1])
+local entries = redis.call('HGETALL', KEYS[1])
+local kept = {int(now)}
+for i = 1, #entries, 2 do
+  local ok, job = pcall(cjson.decode, entries[i + 1])
+  local finished = ok and type(job) == 'table'
+    and (job.status == 'succeeded' or job.status == 'failed')
+    and tonumber(job.updated_at) and tonumber(job.updated_at) < cutoff
+  if finished then
+    redis.call('HDEL', KEYS[1], entries[i])
+  else
+    table.insert(kept, entries[i])
+    table.insert(kept, entries[i + 1])
+  end
+end
+return kept
+"""
+)
