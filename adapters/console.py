@@ -12,7 +12,7 @@ from datetime import tzinfo
 from typing import TextIO
 
 from bot.commands import CommandHandler
-from bot.messages import Message
+from bot.messages import Message, Reply
 from bot.render import render_plain
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,13 @@ PLATFORM = "local"
 
 
 class ConsoleAdapter:
-    """Reads lines from `stdin` as messages from `user` and writes replies to `stdout`."""
+    """Reads lines from `stdin` as messages from `user` and writes replies to `stdout`.
+
+    It is also a chat platform for announcements: channel posts and DMs (to any local user)
+    are printed, marked with `»`, so reminders and expiries show up in the terminal.
+    """
+
+    platform = PLATFORM
 
     def __init__(
         self,
@@ -63,6 +69,30 @@ class ConsoleAdapter:
             reply = await self._handler.handle(message)
             self._write(render_plain(reply.parts, self._zone).rstrip() + "\n")
         log.info("console input ended messages=%s", count)
+
+    @property
+    def connected(self) -> bool:
+        """A terminal is always there."""
+        return True
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to disconnect."""
+
+    async def failure(self) -> str:
+        """A terminal does not fail; waits forever."""
+        await asyncio.Event().wait()
+        return ""
+
+    async def post(self, channel: str, reply: Reply, *, thread: str | None = None) -> None:
+        """Print an announcement."""
+        self._write(f"» {render_plain(reply.parts, self._zone).rstrip()}\n")
+
+    async def send_direct(self, user_id: str, reply: Reply) -> None:
+        """Print a direct message, naming whom it is for."""
+        self._write(f"» (to {user_id}) {render_plain(reply.parts, self._zone).rstrip()}\n")
 
     async def _read_line(self) -> str | None:
         """The next line, or None at end of input; reading blocks, so it runs in a thread."""

@@ -8,12 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import tzinfo
 
 from adapters.console import ConsoleAdapter
+from bot.announcer import Announcer
 from bot.chat import ChatPlatform
 from bot.config import Secrets
+from bot.messages import Reply
+from bot.model import LeaseKind
+from bot.replies import status_parts
 from bot.runtime import Runtime
+from bot.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,9 @@ async def run_bot(
     platforms = configured_platforms(runtime, secrets, zone)
     if not platforms:
         log.info("no chat platform configured; starting the console")
-        await ConsoleAdapter(runtime.commands, user=console_user, zone=zone).run()
+        console = ConsoleAdapter(runtime.commands, user=console_user, zone=zone)
+        async with time_driven(runtime, {console.platform: console}, zone):
+            await console.run()
         return
 
     stop = asyncio.Event()
@@ -96,13 +105,52 @@ async def run_bot(
             await _start(platform)
             started.append(platform)
         log.info("deploybot running platforms=%s", ",".join(p.platform for p in started))
-        reason = await _first_of(stop, started)
+        async with time_driven(runtime, {p.platform: p for p in started}, zone):
+            reason = await _first_of(stop, started)
         log.info("shutting down reason=%s", reason)
         if reason != "signal":
             raise PlatformConfigError(reason)
     finally:
         for platform in reversed(started):
             await platform.stop()
+
+
+@asynccontextmanager
+async def time_driven(
+    runtime: Runtime, platforms: Mapping[str, ChatPlatform], zone: tzinfo | None
+) -> AsyncIterator[Announcer]:
+    """The sweep and the announcer, for as long as the bot serves; stopped gracefully."""
+    announcer = Announcer(runtime.store, runtime.settings, platforms)
+    timeline = Timeline(
+        runtime.store,
+        runtime.settings,
+        zone=zone,
+        digest=lambda: _post_digest(runtime, platforms),
+    )
+    timeline.start()
+    task = asyncio.create_task(announcer.run())
+    try:
+        yield announcer
+    finally:
+        await timeline.stop()
+        await announcer.stop()
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except TimeoutError:
+            log.warning("announcer did not finish in time; unannounced events stay queued")
+
+
+async def _post_digest(runtime: Runtime, platforms: Mapping[str, ChatPlatform]) -> None:
+    """Who holds what, to every announcement channel."""
+    listing = await runtime.leases.status()
+    reply = Reply.of(
+        "Daily digest\n", status_parts(runtime.settings, listing, list(LeaseKind), False)
+    )
+    for entry in runtime.settings.announce_channels:
+        platform_name, _, channel = entry.partition(":")
+        platform = platforms.get(platform_name)
+        if platform is not None:
+            await platform.post(channel, reply)
 
 
 async def _first_of(stop: asyncio.Event, platforms: list[ChatPlatform]) -> str:

@@ -18,10 +18,17 @@ from bot.durations import looks_like_duration, parses_as_duration
 from bot.errors import DeploybotError, UnknownCommand, UsageError
 from bot.jobs import JobService
 from bot.leases import LeaseService
-from bot.messages import Message, Part, Reply, clean_text
+from bot.messages import Code, Mention, Message, Part, Reply, clean_text
 from bot.model import LeaseKind, Origin
 from bot.names import suggest
-from bot.replies import history_parts, job_line, jobs_parts, lease_change_parts, status_parts
+from bot.replies import (
+    history_parts,
+    job_line,
+    jobs_parts,
+    lease_change_parts,
+    status_parts,
+    waitlist_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,12 @@ SPECS = (
     CommandSpec(
         "force-release", "force-release <env> <reason...>", "Admins: release anyone's claim."
     ),
+    CommandSpec(
+        "queue",
+        "queue <name> [duration]",
+        "Wait for a lock or claim; the first in line gets it when it frees up.",
+    ),
+    CommandSpec("leave", "leave <name>", "Stop waiting for a lock or claim."),
     CommandSpec("help", "help [command]", "Show commands, or one command in detail."),
 )
 
@@ -121,6 +134,8 @@ class CommandHandler:
             "job": self._job,
             "force-unlock": self._force_unlock,
             "force-release": self._force_release,
+            "queue": self._queue,
+            "leave": self._leave,
             "help": self._help,
         }
 
@@ -176,6 +191,7 @@ class CommandHandler:
             duration=duration,
             note=" ".join(rest),
             origin=_origin(message),
+            via=_via(message),
         )
         return Reply.of(lease_change_parts(change), leases=[change.lease])
 
@@ -191,17 +207,22 @@ class CommandHandler:
             duration=duration,
             note=note,
             origin=_origin(message),
+            via=_via(message),
         )
         return Reply.of(lease_change_parts(change), leases=[change.lease])
 
     async def _unlock(self, message: Message, args: list[str]) -> Reply:
         name = await self._single_name(message, args, "unlock", LeaseKind.LOCK)
-        change = await self._leases.release(LeaseKind.LOCK, name, message.sender)
+        change = await self._leases.release(
+            LeaseKind.LOCK, name, message.sender, via=_via(message)
+        )
         return Reply.of(lease_change_parts(change))
 
     async def _release(self, message: Message, args: list[str]) -> Reply:
         name = await self._single_name(message, args, "release", LeaseKind.CLAIM)
-        change = await self._leases.release(LeaseKind.CLAIM, name, message.sender)
+        change = await self._leases.release(
+            LeaseKind.CLAIM, name, message.sender, via=_via(message)
+        )
         return Reply.of(lease_change_parts(change))
 
     async def _extend(self, message: Message, args: list[str]) -> Reply:
@@ -212,7 +233,9 @@ class CommandHandler:
                 "`extend` takes a name and an optional duration: `extend backend 30m`."
             )
         duration = args[1] if len(args) == 2 else None
-        changes = await self._leases.extend(args[0], message.sender, duration=duration)
+        changes = await self._leases.extend(
+            args[0], message.sender, duration=duration, via=_via(message)
+        )
         parts: list[Part] = []
         for change in changes:
             parts += [*(["\n"] if parts else []), *lease_change_parts(change)]
@@ -229,7 +252,9 @@ class CommandHandler:
     ) -> Reply:
         name, rest = _require_name(args, command, _article_and_word(kind))
         reason = " ".join(rest)
-        change = await self._leases.force_release(kind, name, message.sender, reason)
+        change = await self._leases.force_release(
+            kind, name, message.sender, reason, via=_via(message)
+        )
         return Reply.of(lease_change_parts(change))
 
     async def _status(self, message: Message, args: list[str]) -> Reply:
@@ -262,6 +287,38 @@ class CommandHandler:
             text = f"No job called `{args[0].strip().lower()}` has been reported."
             return Reply.of(text, ok=False, private=True)
         return Reply.of(job_line(job, now), private=True)
+
+    async def _queue(self, message: Message, args: list[str]) -> Reply:
+        if not args or len(args) > 2:
+            raise UsageError("`queue` takes a name and an optional duration: `queue backend 1h`.")
+        kind = await self._kind_of(args[0])
+        result = await self._leases.join_waitlist(
+            kind,
+            args[0],
+            message.sender,
+            duration=args[1] if len(args) == 2 else None,
+            origin=_origin(message),
+            via=_via(message),
+        )
+        return Reply.of(
+            waitlist_parts(kind, args[0], result, message.sender),
+            leases=[result.lease] if result.outcome == "acquired" and result.lease else [],
+        )
+
+    async def _leave(self, message: Message, args: list[str]) -> Reply:
+        if len(args) != 1:
+            raise UsageError("`leave` takes one name: `leave backend`.")
+        kind = await self._kind_of(args[0])
+        left = await self._leases.leave_waitlist(kind, args[0], message.sender, via=_via(message))
+        name = Code(args[0].strip().lower())
+        if not left:
+            return Reply.of("You were not waiting for ", name, "; nothing changed.", ok=False)
+        return Reply.of(Mention(message.sender), " stopped waiting for ", name, ".")
+
+    async def _kind_of(self, raw_name: str) -> LeaseKind:
+        """The kind a bare name means (configured lists first, then what is held)."""
+        listing = await self._leases.status()
+        return self._leases.kind_of(raw_name, listing.leases)
 
     async def _help(self, message: Message, args: list[str]) -> Reply:
         if args:
@@ -336,6 +393,11 @@ def _cleaned(message: Message) -> Message:
         display_name=clean_text(message.display_name),
         user_id=clean_text(message.user_id),
     )
+
+
+def _via(message: Message) -> Origin:
+    """Where a command came from, so announcements skip the channel that saw the reply."""
+    return Origin(message.platform, message.channel or "direct", message.thread)
 
 
 def _origin(message: Message) -> Origin | None:

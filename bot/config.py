@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -111,6 +112,14 @@ class Settings(BaseSettings):
     history_count: int = Field(default=10, ge=1, le=100)
     max_message_length: int = Field(default=4000, ge=100)
     mattermost_ca_file: Path | None = None
+    reminder_offsets: list[DurationMs] = Field(
+        default_factory=lambda: [600_000], validate_default=False
+    )
+    handoff: Literal["auto", "notify"] = "auto"
+    announce_channels: list[str] = Field(default_factory=list)
+    announce_lock_release: bool = True
+    digest_cron: str = ""
+    sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
 
     @field_validator("namespace")
     @classmethod
@@ -125,6 +134,37 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {**_LEASE_DEFAULTS[info.field_name], **value}
         return value
+
+    @field_validator("reminder_offsets", mode="before")
+    @classmethod
+    def _offsets_from_text(cls, value: Any) -> Any:
+        """An environment variable gives the list as text: `10m,1m`."""
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("announce_channels")
+    @classmethod
+    def _check_channels(cls, values: list[str]) -> list[str]:
+        """Announcement channels are written `platform:channel_id`."""
+        for value in values:
+            platform, _, channel = value.partition(":")
+            if platform not in ("slack", "mattermost", "local") or not channel:
+                raise ValueError(
+                    f"announce channel {value!r} must be platform:channel_id, e.g. slack:C024BE91L"
+                )
+        return values
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        """A digest schedule must be a valid five-field crontab line."""
+        if value.strip():
+            try:
+                CronTrigger.from_crontab(value.strip())
+            except ValueError as error:
+                raise ValueError(f"digest_cron {value!r} is not a crontab line: {error}") from None
+        return value.strip()
 
     @field_validator("timezone")
     @classmethod

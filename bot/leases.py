@@ -7,6 +7,7 @@ words, so a fix to one is a fix to both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.config import Settings
@@ -15,7 +16,7 @@ from bot.errors import NotAdmin, NotHeld, NotHolder, UsageError
 from bot.messages import clean_text
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.names import normalize_name
-from bot.store import LeaseChange, LeaseListing, Store
+from bot.store import LeaseChange, LeaseListing, Store, WaitlistResult
 
 MAX_NOTE_LENGTH = 500
 MAX_REASON_LENGTH = 500
@@ -57,21 +58,70 @@ class LeaseService:
         duration: str | None = None,
         note: str = "",
         origin: Origin | None = None,
+        via: Origin | None = None,
     ) -> LeaseChange:
         """Take or refresh a lease; raises LeaseHeld with the holder's details if taken."""
         name = self.name(kind, raw_name)
         ttl_ms = self.duration(kind, duration)
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.acquire(
-            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin
+            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via
         )
 
-    async def release(self, kind: LeaseKind, raw_name: str, holder: Holder) -> LeaseChange:
-        """Release a lease `holder` holds."""
-        return await self._store.release(kind, self.name(kind, raw_name), holder)
+    async def release(
+        self, kind: LeaseKind, raw_name: str, holder: Holder, *, via: Origin | None = None
+    ) -> LeaseChange:
+        """Release a lease `holder` holds; the first waiter (if any) is served."""
+        return await self._store.release(kind, self.name(kind, raw_name), holder, via=via)
+
+    async def join_waitlist(
+        self,
+        kind: LeaseKind,
+        raw_name: str,
+        holder: Holder,
+        *,
+        duration: str | None = None,
+        note: str = "",
+        origin: Origin | None = None,
+        via: Origin | None = None,
+    ) -> WaitlistResult:
+        """Wait for a lease; when it frees up the first waiter gets it (or is told)."""
+        name = self.name(kind, raw_name)
+        ttl_ms = self.duration(kind, duration) if duration is not None else None
+        note = _bounded(note, "note", MAX_NOTE_LENGTH)
+        return await self._store.join_waitlist(
+            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via
+        )
+
+    async def leave_waitlist(
+        self, kind: LeaseKind, raw_name: str, holder: Holder, *, via: Origin | None = None
+    ) -> bool:
+        """Stop waiting for a lease; False if `holder` was not waiting."""
+        return await self._store.leave_waitlist(kind, self.name(kind, raw_name), holder, via=via)
+
+    async def waiters(self, kind: LeaseKind, raw_name: str) -> list[Holder]:
+        """Who waits for a lease, first in line first."""
+        return await self._store.waiters(kind, self.name(kind, raw_name))
+
+    def kind_of(self, raw_name: str, held: Sequence[Lease] = ()) -> LeaseKind:
+        """Which kind a bare name means: a configured environment is a claim, a configured
+        service a lock; otherwise the kind currently held under that name, else a lock."""
+        name = raw_name.strip().lower()
+        if name in self._settings.environments and name not in self._settings.services:
+            return LeaseKind.CLAIM
+        if name in self._settings.services:
+            return LeaseKind.LOCK
+        kinds = {lease.kind for lease in held if lease.name == name}
+        return LeaseKind.CLAIM if kinds == {LeaseKind.CLAIM} else LeaseKind.LOCK
 
     async def force_release(
-        self, kind: LeaseKind, raw_name: str, admin: Holder, reason: str
+        self,
+        kind: LeaseKind,
+        raw_name: str,
+        admin: Holder,
+        reason: str,
+        *,
+        via: Origin | None = None,
     ) -> LeaseChange:
         """Release anyone's lease; admins only, and the reason goes into the history."""
         name = self.name(kind, raw_name)
@@ -80,10 +130,15 @@ class LeaseService:
         reason = _bounded(reason, "reason", MAX_REASON_LENGTH)
         if not reason:
             raise UsageError("Say why you force it, e.g. `force-unlock backend deploy is stuck`.")
-        return await self._store.release(kind, name, admin, force_reason=reason)
+        return await self._store.release(kind, name, admin, force_reason=reason, via=via)
 
     async def extend(
-        self, raw_name: str, holder: Holder, *, duration: str | None = None
+        self,
+        raw_name: str,
+        holder: Holder,
+        *,
+        duration: str | None = None,
+        via: Origin | None = None,
     ) -> list[LeaseChange]:
         """Extend whatever `holder` holds under this name: the lock, the claim, or both.
 
@@ -102,16 +157,25 @@ class LeaseService:
         # Check every duration before changing anything, so a refusal extends nothing.
         ttls = {lease.kind: self.duration(lease.kind, duration) for lease in mine}
         return [
-            await self._store.extend(lease.kind, lease.name, holder, ttl_ms=ttls[lease.kind])
+            await self._store.extend(
+                lease.kind, lease.name, holder, ttl_ms=ttls[lease.kind], via=via
+            )
             for lease in mine
         ]
 
     async def extend_lease(
-        self, kind: LeaseKind, raw_name: str, holder: Holder, *, duration: str | None = None
+        self,
+        kind: LeaseKind,
+        raw_name: str,
+        holder: Holder,
+        *,
+        duration: str | None = None,
+        via: Origin | None = None,
     ) -> LeaseChange:
         """Extend one lease of a known kind (a button names it exactly)."""
         name = self.name(kind, raw_name)
-        return await self._store.extend(kind, name, holder, ttl_ms=self.duration(kind, duration))
+        ttl_ms = self.duration(kind, duration)
+        return await self._store.extend(kind, name, holder, ttl_ms=ttl_ms, via=via)
 
     async def get(self, kind: LeaseKind, raw_name: str) -> tuple[Lease | None, int]:
         """The current lease on a name (or None) and Redis's clock."""
@@ -126,7 +190,12 @@ class LeaseService:
         name = self._any_name(raw_name)
         leases = [lease for lease in listing.leases if lease.name == name]
         corrupt = [key for key in listing.corrupt if key.rsplit(":", 1)[-1] == name]
-        return LeaseListing(leases, corrupt, listing.now_ms)
+        waiters = {
+            key: holders
+            for key, holders in listing.waiters.items()
+            if key.split(":", 1)[1] == name
+        }
+        return LeaseListing(leases, corrupt, listing.now_ms, waiters)
 
     async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
         """The latest events about a name, newest first, and Redis's clock."""

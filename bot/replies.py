@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.durations import format_span
 from bot.messages import Code, Mention, Part, When
 from bot.model import Event, Holder, Job, Lease, LeaseKind
-from bot.store import JobListing, LeaseChange, LeaseListing
+from bot.store import JobListing, LeaseChange, LeaseListing, WaitlistResult
 
 _VERBS = {
     (LeaseKind.LOCK, "acquired"): "locked",
@@ -76,6 +76,30 @@ def _forced_parts(change: LeaseChange) -> list[Part]:
     ]
 
 
+def waitlist_parts(
+    kind: LeaseKind, raw_name: str, result: WaitlistResult, who: Holder
+) -> list[Part]:
+    """What joining a waitlist did: your position, or that you got it, or that it is free."""
+    name = Code(result.lease.name if result.lease else raw_name.strip().lower())
+    lease, now = result.lease, result.now_ms
+    if result.outcome == "holding":
+        return ["You already hold ", name, "; nothing to wait for."]
+    if result.outcome == "acquired" and lease is not None:
+        return lease_change_parts(LeaseChange(lease, now, "acquired"))
+    if result.outcome == "free":
+        verb = "lock" if kind is LeaseKind.LOCK else "claim"
+        return [name, f" is free: say `{verb} {raw_name.strip().lower()}` to take it."]
+    ahead = result.position - 1
+    line: list[Part] = [Mention(who), " is number ", str(result.position), " in line for ", name]
+    if lease is not None:
+        line += [" (held by ", Mention(lease.holder), " until ", When(lease.expires_at, now), ")"]
+    line.append(
+        ". " + ("You are next" if ahead == 0 else f"{ahead} ahead of you") + "; "
+        "you will get a DM when it is yours. Say `leave` to stop waiting."
+    )
+    return line
+
+
 def lease_line(lease: Lease, now_ms: int) -> list[Part]:
     """One status line: name, holder, expiry, note and token."""
     parts: list[Part] = [
@@ -113,6 +137,9 @@ def status_parts(
             parts += ["  ", Code(name), f" has a corrupt record; an admin can `{command}` it.\n"]
         for lease in leases:
             parts += ["  ", *lease_line(lease, listing.now_ms), "\n"]
+            waiting = listing.waiters.get(f"{lease.kind}:{lease.name}", [])
+            if waiting:
+                parts += ["    waiting: ", *_joined([Mention(holder) for holder in waiting]), "\n"]
         if free:
             parts += ["  free: ", ", ".join(free), "\n"]
     if not parts:
@@ -174,6 +201,14 @@ def jobs_parts(listing: JobListing) -> list[Part]:
     for name in listing.corrupt:
         parts += ["  ", Code(name), " has a corrupt record.\n"]
     return parts
+
+
+def _joined(parts: list[Part]) -> list[Part]:
+    """Parts separated by commas."""
+    joined: list[Part] = []
+    for part in parts:
+        joined += [", ", part] if joined else [part]
+    return joined
 
 
 def _holder_of(data: object) -> Holder | None:

@@ -12,7 +12,7 @@ from bot.config import Secrets, Settings
 from bot.embedded import ensure_server
 from bot.jobs import JobService
 from bot.leases import LeaseService
-from bot.store import Store, connect
+from bot.store import LeasePolicy, Store, connect
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ async def resolve_redis_url(settings: Settings, secrets: Secrets, override: str 
     return await asyncio.to_thread(ensure_server, settings.resolved_data_dir())
 
 
+def policy_of(settings: Settings) -> LeasePolicy:
+    """The store's lease policy from the settings."""
+    return LeasePolicy(
+        events_max=settings.events_max,
+        handoff=settings.handoff,
+        default_ttl_ms=(settings.lock.default_ttl, settings.claim.default_ttl),
+        reminder_offsets_ms=tuple(settings.reminder_offsets),
+    )
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings, secrets: Secrets, *, redis_url: str | None = None
@@ -45,9 +55,7 @@ async def open_runtime(
     url = await resolve_redis_url(settings, secrets, redis_url)
     password = secrets.redis_password.get_secret_value() if secrets.redis_password else None
     store = Store(
-        connect(url, password=password),
-        namespace=settings.namespace,
-        events_max=settings.events_max,
+        connect(url, password=password), namespace=settings.namespace, policy=policy_of(settings)
     )
     leases = LeaseService(store, settings)
     jobs = JobService(store, settings)

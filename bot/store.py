@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -77,11 +77,12 @@ class LeaseChange:
 
 @dataclass(frozen=True)
 class LeaseListing:
-    """Current leases, plus the keys whose records could not be read."""
+    """Current leases, who waits for each ("kind:name" -> holders), and unreadable keys."""
 
     leases: list[Lease]
     corrupt: list[str]
     now_ms: int
+    waiters: dict[str, list[Holder]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -334,13 +335,7 @@ class Store:
     async def waiters(self, kind: LeaseKind, name: str) -> list[Holder]:
         """Who waits for the lease, first in line first; unreadable entries are skipped."""
         raws = await self._call(self._redis.lrange, self.key("queue", kind, name), 0, -1)
-        holders = []
-        for raw in raws:
-            try:
-                holders.append(Holder.from_dict(json.loads(raw)["holder"]))
-            except (ValueError, KeyError, TypeError):
-                log.warning("unreadable waitlist entry kind=%s name=%s", kind, name)
-        return holders
+        return [holder for holder in map(_waiter_holder, raws) if holder]
 
     async def get(self, kind: LeaseKind, name: str) -> Lease | None:
         """The current lease on `name`, or None when it is free."""
@@ -366,7 +361,22 @@ class Store:
                 leases.append(_parse_lease(raw, key))
             except CorruptRecord:
                 corrupt.append(key)
-        return LeaseListing(leases, corrupt, now)
+        return LeaseListing(leases, corrupt, now, await self._waitlists(leases))
+
+    async def _waitlists(self, leases: list[Lease]) -> dict[str, list[Holder]]:
+        """The waiters of each lease, read in one round trip."""
+        if not leases:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for lease in leases:
+            pipe.lrange(self.key("queue", lease.kind, lease.name), 0, -1)
+        results = await self._call(pipe.execute)
+        waiters: dict[str, list[Holder]] = {}
+        for lease, raws in zip(leases, results, strict=True):
+            holders = [holder for holder in map(_waiter_holder, raws) if holder]
+            if holders:
+                waiters[f"{lease.kind}:{lease.name}"] = holders
+        return waiters
 
     async def sweep_due(self, *, limit: int = 500) -> SweepResult:
         """Turn due expiries and reminders into events (and hand freed leases on)."""
@@ -408,6 +418,53 @@ class Store:
                     found.append(event)
             end = "(" + str(page[-1][0])
         return found[:count]
+
+    async def ensure_event_group(self, group: str) -> None:
+        """Create the consumer group that shares announcement work between replicas.
+
+        A new group starts at the end of the stream: history from before deploybot first
+        ran is not announced; everything after is, even if it happened while it was down.
+        """
+        try:
+            await self._call(
+                self._redis.xgroup_create, self.key("events"), group, id="$", mkstream=True
+            )
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def read_events(
+        self, group: str, consumer: str, *, count: int = 50, block_ms: int = 1000
+    ) -> list[Event]:
+        """New events for this consumer (each goes to one consumer of the group)."""
+        reply: Any = await self._call(
+            self._redis.xreadgroup,
+            group,
+            consumer,
+            {self.key("events"): ">"},
+            count=count,
+            block=block_ms,
+        )
+        return [event for _stream, entries in reply or [] for event in _events(entries)]
+
+    async def claim_stale_events(
+        self, group: str, consumer: str, *, min_idle_ms: int = 60_000
+    ) -> list[Event]:
+        """Take over events another consumer read but never acknowledged (it crashed)."""
+        reply = await self._call(
+            self._redis.xautoclaim,
+            self.key("events"),
+            group,
+            consumer,
+            min_idle_ms,
+            start_id="0-0",
+            count=100,
+        )
+        return _events(reply[1] if reply else [])
+
+    async def ack_event(self, group: str, event_id: str) -> None:
+        """Mark an event as announced."""
+        await self._call(self._redis.xack, self.key("events"), group, event_id)
 
     async def set_job(self, job: Job) -> Job:
         """Record a job status; `updated_at` comes from Redis."""
@@ -561,6 +618,25 @@ def _parse_event(entry_id: str, fields: dict[Any, Any]) -> Event | None:
         )
     except (ValueError, KeyError, TypeError):
         log.warning("unreadable event id=%s", entry_id)
+        return None
+
+
+def _events(entries: Any) -> list[Event]:
+    """Parse stream entries; deleted or foreign ones are skipped."""
+    events = []
+    for entry_id, fields in entries or []:
+        if fields:
+            event = _parse_event(str(entry_id), dict(fields))
+            if event is not None:
+                events.append(event)
+    return events
+
+
+def _waiter_holder(raw: str | bytes) -> Holder | None:
+    """The holder in a waitlist entry, or None for an unreadable one."""
+    try:
+        return Holder.from_dict(json.loads(raw)["holder"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

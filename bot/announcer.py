@@ -1,0 +1,341 @@
+"""Turns the event stream into chat posts: reminders, expiries, frees, handoffs.
+
+The announcer reads `{ns}:events` through a consumer group, so several deploybot replicas
+share the work and each event is announced by one of them. An event a crashed replica read
+but never acknowledged is claimed by another after a minute. Deliveries are planned from
+the event alone (`plan`), so what gets said where is easy to test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bot.chat import ChatPlatform
+from bot.config import Settings
+from bot.durations import format_span
+from bot.errors import StoreUnavailable
+from bot.messages import Code, Mention, Part, Reply, When
+from bot.model import Event, Holder, Lease, LeaseKind, Origin
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+GROUP = "announcer"
+LATE_AFTER_MS = 10_000
+SEEN_TTL_S = 86_400
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One post: to a channel (`target` is a channel id) or a person (`target` is a user id)."""
+
+    platform: str
+    target: str
+    reply: Reply
+    direct: bool = False
+    thread: str | None = None
+
+
+def plan(event: Event, settings: Settings) -> list[Delivery]:
+    """Who is told what about one event. Pure: no I/O."""
+    lease = _lease_of(event)
+    if event.type == "reminder" and lease is not None:
+        return [_direct(lease.holder, _reminder(event, lease))]
+    if event.type == "expired" and lease is not None:
+        return _expired(event, lease, settings)
+    if event.type in ("released", "forced") and lease is not None:
+        return _released(event, lease, settings)
+    if event.type in ("acquired", "refreshed", "extended") and lease is not None:
+        return _taken(event, lease, settings)
+    if event.type == "free":
+        return _free(event)
+    return []
+
+
+class Announcer:
+    """Reads events and posts them through the connected chat platforms."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        platforms: Mapping[str, ChatPlatform],
+        *,
+        consumer: str | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._platforms = platforms
+        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._stopping = asyncio.Event()
+        self.delivered = 0
+
+    async def run(self) -> None:
+        """Announce events until `stop()`; Redis outages are waited out, not fatal."""
+        ready = False
+        last_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                if not ready:
+                    await self._store.ensure_event_group(GROUP)
+                    ready = True
+                if loop.time() - last_claim > 30:
+                    last_claim = loop.time()
+                    await self._handle(await self._store.claim_stale_events(GROUP, self._consumer))
+                await self._handle(await self._store.read_events(GROUP, self._consumer))
+            except StoreUnavailable:
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then return from `run()`."""
+        self._stopping.set()
+
+    async def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            await self._announce(event)
+            await self._store.ack_event(GROUP, event.id)
+
+    async def _announce(self, event: Event) -> None:
+        """Post every delivery of an event once, even if a replica crashed midway."""
+        if not await self._store.first_sighting("announce", event.id, ttl_s=SEEN_TTL_S):
+            return
+        for delivery in plan(event, self._settings):
+            await self._send(delivery, event)
+
+    async def _send(self, delivery: Delivery, event: Event) -> None:
+        platform = self._platforms.get(delivery.platform)
+        if platform is None:
+            log.info(
+                "announcement skipped platform=%s event=%s (not connected)",
+                delivery.platform,
+                event.type,
+            )
+            return
+        try:
+            if delivery.direct:
+                await platform.send_direct(delivery.target, delivery.reply)
+            else:
+                await platform.post(delivery.target, delivery.reply, thread=delivery.thread)
+            self.delivered += 1
+            log.info(
+                "announced event=%s kind=%s name=%s platform=%s direct=%s",
+                event.type,
+                event.kind,
+                event.name,
+                delivery.platform,
+                delivery.direct,
+            )
+        except Exception:
+            log.exception(
+                "announcement failed event=%s platform=%s", event.type, delivery.platform
+            )
+
+
+def _lease_of(event: Event) -> Lease | None:
+    """The lease an event carries (its data is the lease's JSON plus extras)."""
+    try:
+        return Lease.from_json(_json(event.data))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _json(data: dict[str, object]) -> str:
+    return json.dumps(data)
+
+
+def _via(event: Event) -> Origin | None:
+    via = event.data.get("via")
+    return Origin.from_dict(via) if isinstance(via, dict) else None
+
+
+def _late(event: Event, due_key: str = "due_at") -> list[Part]:
+    """A note for something announced well after it was due (deploybot was down)."""
+    due = event.data.get(due_key)
+    if isinstance(due, int | float) and event.at - due > LATE_AFTER_MS:
+        return [
+            " (late: this was due at ",
+            When(int(due), event.at),
+            ", while deploybot was not running)",
+        ]
+    return []
+
+
+def _direct(holder: Holder, reply: Reply) -> Delivery:
+    return Delivery(holder.platform, holder.user_id, reply, direct=True)
+
+
+def _channels(
+    lease: Lease, settings: Settings, reply: Reply, *, via: Origin | None, everywhere: bool
+) -> list[Delivery]:
+    """The lease's own channel (unless the command came from there, and the reply said it
+    already), plus the announcement channels when `everywhere`."""
+    targets: list[tuple[str, str, str | None]] = []
+    origin = lease.origin
+    if origin and not (via and via.platform == origin.platform and via.channel == origin.channel):
+        targets.append((origin.platform, origin.channel, origin.thread))
+    if everywhere:
+        for entry in settings.announce_channels:
+            platform, _, channel = entry.partition(":")
+            if all((platform, channel) != (p, c) for p, c, _t in targets):
+                targets.append((platform, channel, None))
+    return [
+        Delivery(platform, channel, reply, thread=thread) for platform, channel, thread in targets
+    ]
+
+
+def _from_cli(via: Origin | None) -> bool:
+    return via is None or via.platform == "local"
+
+
+def _reminder(event: Event, lease: Lease) -> Reply:
+    verb = "unlock" if lease.kind is LeaseKind.LOCK else "release"
+    return Reply.of(
+        f"Your {lease.kind} on ",
+        Code(lease.name),
+        " expires at ",
+        When(lease.expires_at, event.at),
+        ". Extend it with ",
+        Code(f"extend {lease.name} 1h"),
+        " or free it with ",
+        Code(f"{verb} {lease.name}"),
+        ".",
+        _late(event),
+        leases=[lease],
+    )
+
+
+def _expired(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
+    held = format_span(lease.expires_at - lease.acquired_at)
+    free: list[Part] = (
+        [" ", Code(lease.name), " is free."] if lease.kind is LeaseKind.CLAIM else []
+    )
+    channel = Reply.of(
+        f"The {lease.kind} on ",
+        Code(lease.name),
+        " held by ",
+        Mention(lease.holder),
+        f" auto-released after {held}.",
+        free,
+        _late(event),
+    )
+    dm = Reply.of(
+        f"Your {lease.kind} on ",
+        Code(lease.name),
+        " expired at ",
+        When(lease.expires_at, event.at),
+        " and was released.",
+        _late(event),
+    )
+    return [
+        *_channels(lease, settings, channel, via=None, everywhere=True),
+        _direct(lease.holder, dm),
+    ]
+
+
+def _released(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
+    via = _via(event)
+    deliveries: list[Delivery] = []
+    if event.type == "forced":
+        admin = (
+            Holder.from_dict(event.data["forced_by"])
+            if isinstance(event.data.get("forced_by"), dict)
+            else None
+        )
+        who: list[Part] = [Mention(admin)] if admin else ["An admin"]
+        reason = str(event.data.get("reason", ""))
+        deliveries.append(
+            _direct(
+                lease.holder,
+                Reply.of(
+                    who, f" force-released your {lease.kind} on ", Code(lease.name), f": {reason}."
+                ),
+            )
+        )
+        channel = Reply.of(
+            who,
+            " force-released ",
+            Mention(lease.holder),
+            f"'s {lease.kind} on ",
+            Code(lease.name),
+            f": {reason}.",
+        )
+        return deliveries + _channels(lease, settings, channel, via=via, everywhere=True)
+
+    if lease.kind is LeaseKind.CLAIM:
+        channel = Reply.of(Code(lease.name), " is free: ", Mention(lease.holder), " released it.")
+        return _channels(lease, settings, channel, via=via, everywhere=True)
+    if not settings.announce_lock_release and not _from_cli(via):
+        return []
+    channel = Reply.of(Mention(lease.holder), " unlocked ", Code(lease.name), ".")
+    return _channels(lease, settings, channel, via=via, everywhere=_from_cli(via))
+
+
+def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
+    via = _via(event)
+    if event.data.get("handoff"):
+        dm = Reply.of(
+            f"You were first in line: the {lease.kind} on ",
+            Code(lease.name),
+            " is yours until ",
+            When(lease.expires_at, event.at),
+            ". Token ",
+            Code(str(lease.token)),
+            ".",
+            leases=[lease],
+        )
+        channel = Reply.of(
+            Mention(lease.holder),
+            " got ",
+            Code(lease.name),
+            " from the waitlist, until ",
+            When(lease.expires_at, event.at),
+            ".",
+        )
+        return [
+            _direct(lease.holder, dm),
+            *_channels(lease, settings, channel, via=None, everywhere=True),
+        ]
+    if not _from_cli(via):
+        return []  # the chat reply already said it where it was asked
+    verbs = {
+        "acquired": "locked" if lease.kind is LeaseKind.LOCK else "claimed",
+        "refreshed": "refreshed",
+        "extended": "extended",
+    }
+    note: list[Part] = [": ", lease.note] if lease.note else []
+    channel = Reply.of(
+        Mention(lease.holder),
+        f" {verbs[event.type]} ",
+        Code(lease.name),
+        " from the CLI, until ",
+        When(lease.expires_at, event.at),
+        note,
+        ".",
+    )
+    return _channels(lease, settings, channel, via=via, everywhere=True)
+
+
+def _free(event: Event) -> list[Delivery]:
+    waiter = event.data.get("next")
+    if not isinstance(waiter, dict) or not isinstance(waiter.get("holder"), dict):
+        return []
+    holder = Holder.from_dict(waiter["holder"])
+    verb = "lock" if event.kind == LeaseKind.LOCK else "claim"
+    return [
+        _direct(
+            holder,
+            Reply.of(
+                Code(event.name),
+                " is free and you were first in line: say ",
+                Code(f"{verb} {event.name}"),
+                " to take it.",
+            ),
+        )
+    ]
