@@ -24,16 +24,17 @@ from bot.config import ConfigError, Secrets, Settings, load_settings
 from bot.embedded import EmbeddedServerError, server_running, stop_server
 from bot.errors import DeploybotError, StoreUnavailable
 from bot.messages import Part, When, clean_text
-from bot.model import Holder, LeaseKind
+from bot.model import Holder, LeaseKind, Origin
 from bot.render import render_plain, resolve_zone
 from bot.replies import history_parts, jobs_parts, lease_change_parts, status_parts
 from bot.runtime import Runtime, open_runtime
-from bot.store import LeaseChange
+from bot.store import LeaseChange, WaitlistResult
 
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CRASH = 1, 2, 3, 4
 CLI_PLATFORM = "local"
+CLI_VIA = Origin(CLI_PLATFORM, "cli")
 
 T = TypeVar("T")
 
@@ -88,6 +89,11 @@ as_option = click.option(
 )
 ttl_option = click.option("--ttl", help="Duration such as 30m, 2h, 1h30m, 1d.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+wait_option = click.option(
+    "--wait",
+    metavar="DUR",
+    help="If it is held, join the waitlist and wait up to DUR for it (exit 1 on timeout).",
+)
 
 
 def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,17 +155,21 @@ def _lease_summary(ctx: Context, change: LeaseChange, quiet: bool, as_json: bool
 @ttl_option
 @click.option("--note", default="", help="Commit, branch or reason, shown to others.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the fencing token.")
+@wait_option
 @json_option
 @pass_context
 def lock(
-    ctx: Context, service: str, user: str, ttl: str | None, note: str, quiet: bool, as_json: bool
+    ctx: Context,
+    service: str,
+    user: str,
+    ttl: str | None,
+    note: str,
+    quiet: bool,
+    wait: str | None,
+    as_json: bool,
 ) -> None:
     """Take the deploy lock on SERVICE (exit 1 if someone else holds it)."""
-    change = ctx.run(
-        lambda rt: rt.leases.acquire(
-            LeaseKind.LOCK, service, _holder(user), duration=ttl, note=note
-        )
-    )
+    change = ctx.run(lambda rt: _take(rt, LeaseKind.LOCK, service, user, ttl, note, wait))
     _lease_summary(ctx, change, quiet, as_json)
 
 
@@ -170,6 +180,7 @@ def lock(
 @ttl_option
 @click.option("--note", default="", help="Anything else others should know.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the fencing token.")
+@wait_option
 @json_option
 @pass_context
 def claim(
@@ -180,14 +191,40 @@ def claim(
     ttl: str | None,
     note: str,
     quiet: bool,
+    wait: str | None,
     as_json: bool,
 ) -> None:
     """Claim the staging environment ENV (exit 1 if someone else has it)."""
     text = " ".join(part for part in (branch, note) if part)
-    change = ctx.run(
-        lambda rt: rt.leases.acquire(LeaseKind.CLAIM, env, _holder(user), duration=ttl, note=text)
-    )
+    change = ctx.run(lambda rt: _take(rt, LeaseKind.CLAIM, env, user, ttl, text, wait))
     _lease_summary(ctx, change, quiet, as_json)
+
+
+async def _take(
+    rt: Runtime,
+    kind: LeaseKind,
+    name: str,
+    user: str,
+    ttl: str | None,
+    note: str,
+    wait: str | None,
+) -> LeaseChange:
+    """Acquire now, or with --wait join the waitlist and block until it is ours."""
+    holder = _holder(user)
+    if wait is None:
+        return await rt.leases.acquire(kind, name, holder, duration=ttl, note=note, via=CLI_VIA)
+
+    def waiting(result: WaitlistResult) -> None:
+        held = f", held by {result.lease.holder.display}" if result.lease else ""
+        click.echo(
+            f"deploybot: waiting for {name.strip().lower()} (number {result.position} "
+            f"in line{held}); giving up after {wait}",
+            err=True,
+        )
+
+    return await rt.leases.acquire_or_wait(
+        kind, name, holder, wait=wait, duration=ttl, note=note, via=CLI_VIA, on_waiting=waiting
+    )
 
 
 @cli.command()
@@ -196,7 +233,9 @@ def claim(
 @pass_context
 def unlock(ctx: Context, service: str, user: str) -> None:
     """Release your deploy lock on SERVICE."""
-    change = ctx.run(lambda rt: rt.leases.release(LeaseKind.LOCK, service, _holder(user)))
+    change = ctx.run(
+        lambda rt: rt.leases.release(LeaseKind.LOCK, service, _holder(user), via=CLI_VIA)
+    )
     _lease_summary(ctx, change, False, False)
 
 
@@ -206,7 +245,9 @@ def unlock(ctx: Context, service: str, user: str) -> None:
 @pass_context
 def release(ctx: Context, env: str, user: str) -> None:
     """Release your claim on the staging environment ENV."""
-    change = ctx.run(lambda rt: rt.leases.release(LeaseKind.CLAIM, env, _holder(user)))
+    change = ctx.run(
+        lambda rt: rt.leases.release(LeaseKind.CLAIM, env, _holder(user), via=CLI_VIA)
+    )
     _lease_summary(ctx, change, False, False)
 
 
@@ -218,7 +259,7 @@ def release(ctx: Context, env: str, user: str) -> None:
 @pass_context
 def extend(ctx: Context, name: str, user: str, ttl: str | None, as_json: bool) -> None:
     """Extend your lock or claim NAME to now + TTL (default: its kind's default)."""
-    changes = ctx.run(lambda rt: rt.leases.extend(name, _holder(user), duration=ttl))
+    changes = ctx.run(lambda rt: rt.leases.extend(name, _holder(user), duration=ttl, via=CLI_VIA))
     for change in changes:
         _lease_summary(ctx, change, False, as_json)
 
@@ -231,7 +272,9 @@ def extend(ctx: Context, name: str, user: str, ttl: str | None, as_json: bool) -
 def force_unlock(ctx: Context, service: str, user: str, reason: str) -> None:
     """Admins: release anyone's lock on SERVICE."""
     change = ctx.run(
-        lambda rt: rt.leases.force_release(LeaseKind.LOCK, service, _holder(user), reason)
+        lambda rt: rt.leases.force_release(
+            LeaseKind.LOCK, service, _holder(user), reason, via=CLI_VIA
+        )
     )
     _lease_summary(ctx, change, False, False)
 
@@ -244,7 +287,9 @@ def force_unlock(ctx: Context, service: str, user: str, reason: str) -> None:
 def force_release(ctx: Context, env: str, user: str, reason: str) -> None:
     """Admins: release anyone's claim on ENV."""
     change = ctx.run(
-        lambda rt: rt.leases.force_release(LeaseKind.CLAIM, env, _holder(user), reason)
+        lambda rt: rt.leases.force_release(
+            LeaseKind.CLAIM, env, _holder(user), reason, via=CLI_VIA
+        )
     )
     _lease_summary(ctx, change, False, False)
 

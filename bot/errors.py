@@ -163,6 +163,21 @@ class NotAdmin(DeploybotError):
         )
 
 
+class WaitTimedOut(DeploybotError):
+    """A pipeline waited for a lease as long as it was willing to; it left the waitlist."""
+
+    exit_code = 1
+
+    def __init__(self, kind: LeaseKind, name: str, lease: Lease | None) -> None:
+        self.kind = kind
+        self.name = name
+        self.lease = lease
+        holder = f" (still held by {lease.holder.display})" if lease else ""
+        super().__init__(
+            f"Gave up waiting for the {kind} on {name}{holder}; left the waitlist, nothing taken."
+        )
+
+
 class CorruptRecord(DeploybotError):
     """A value in Redis is not what deploybot wrote (hand-edited or damaged)."""
 

@@ -7,18 +7,21 @@ words, so a fix to one is a fix to both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.durations import parse_duration
-from bot.errors import NotAdmin, NotHeld, NotHolder, UsageError
+from bot.errors import LeaseHeld, NotAdmin, NotHeld, NotHolder, UsageError, WaitTimedOut
 from bot.messages import clean_text
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.names import normalize_name
 from bot.store import LeaseChange, LeaseListing, Store, WaitlistResult
 
 MAX_NOTE_LENGTH = 500
+WAIT_POLL_S = 0.5
 MAX_REASON_LENGTH = 500
 
 
@@ -92,6 +95,70 @@ class LeaseService:
         return await self._store.join_waitlist(
             kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via
         )
+
+    async def acquire_or_wait(
+        self,
+        kind: LeaseKind,
+        raw_name: str,
+        holder: Holder,
+        *,
+        wait: str,
+        duration: str | None = None,
+        note: str = "",
+        via: Origin | None = None,
+        on_waiting: Callable[[WaitlistResult], None] = lambda result: None,
+    ) -> LeaseChange:
+        """Take the lease, or join its waitlist and block until it is handed over.
+
+        Gives up after `wait` (raising WaitTimedOut), leaving the waitlist so nobody hands
+        the lease to a pipeline that stopped waiting; an interrupted wait leaves it too.
+        """
+        wait_ms = parse_duration(
+            wait, maximum_ms=self._settings.lease(kind).max_ttl, minimum_ms=1000
+        )
+        try:
+            return await self.acquire(
+                kind, raw_name, holder, duration=duration, note=note, via=via
+            )
+        except LeaseHeld:
+            pass
+        name = self.name(kind, raw_name)
+        joined = await self.join_waitlist(
+            kind, name, holder, duration=duration, note=note, via=via
+        )
+        if joined.outcome == "acquired" and joined.lease is not None:
+            return LeaseChange(joined.lease, joined.now_ms, "acquired")
+        on_waiting(joined)
+        deadline = joined.now_ms + wait_ms
+        try:
+            return await self._wait_for_handoff(kind, name, holder, deadline, duration, note, via)
+        except BaseException:
+            await asyncio.shield(self._store.leave_waitlist(kind, name, holder, via=via))
+            raise
+
+    async def _wait_for_handoff(
+        self,
+        kind: LeaseKind,
+        name: str,
+        holder: Holder,
+        deadline: int,
+        duration: str | None,
+        note: str,
+        via: Origin | None,
+    ) -> LeaseChange:
+        """Poll until the lease is ours (handed over, or free to take) or the deadline."""
+        while True:
+            await asyncio.sleep(WAIT_POLL_S)
+            lease, now = await self.get(kind, name)
+            if lease is not None and lease.holder.same_person(holder):
+                return LeaseChange(lease, now, "acquired")
+            if lease is None:  # 'notify' mode, or between expiry and the sweep
+                with contextlib.suppress(LeaseHeld):
+                    return await self.acquire(
+                        kind, name, holder, duration=duration, note=note, via=via
+                    )
+            if now >= deadline:
+                raise WaitTimedOut(kind, name, lease)
 
     async def leave_waitlist(
         self, kind: LeaseKind, raw_name: str, holder: Holder, *, via: Origin | None = None
