@@ -126,6 +126,7 @@ class MattermostAdapter:
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
             on_state=self._on_state,
+            token_valid=self._token_valid,
         )
         self._listener = asyncio.create_task(self._listen())
         connected: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
@@ -192,6 +193,16 @@ class MattermostAdapter:
         if not isinstance(me, dict) or "id" not in me:
             raise MattermostConfigError("Mattermost's users/me answer has no user id.")
         return me
+
+    async def _token_valid(self) -> bool:
+        """Whether REST still accepts the token (a network error counts as "yes, retry")."""
+        try:
+            await asyncio.to_thread(self.driver.users.get_user, "me")
+        except NoAccessTokenProvided:
+            return False
+        except requests.RequestException:
+            return True
+        return True
 
     async def _listen(self) -> None:
         """Run the websocket until stopped; a refused token is a permanent failure."""
@@ -288,7 +299,7 @@ class MattermostAdapter:
             try:
                 return await asyncio.to_thread(call, *args)
             except requests.HTTPError as error:
-                status = error.response.status_code if error.response is not None else None
+                status = _status_of(error)
                 if status == 429 and attempt < MAX_RATE_LIMIT_RETRIES:
                     delay = _retry_after(error.response)
                     log.warning("mattermost rate limited call=%s retry_in_s=%.1f", what, delay)
@@ -324,6 +335,26 @@ def _json_list(raw: object) -> list[str]:
     except ValueError:
         return []
     return [str(item) for item in value] if isinstance(value, list) else []
+
+
+# mattermostdriver raises these typed errors `from None` with the response dropped, so the
+# status has to be read back from the class.
+_STATUS_BY_ERROR = {
+    "InvalidOrMissingParameters": 400,
+    "NoAccessTokenProvided": 401,
+    "NotEnoughPermissions": 403,
+    "ResourceNotFound": 404,
+    "MethodNotAllowed": 405,
+    "ContentTooLarge": 413,
+    "FeatureDisabled": 501,
+}
+
+
+def _status_of(error: requests.HTTPError) -> int | None:
+    """The HTTP status of a driver error, whichever way the driver raised it."""
+    if error.response is not None:
+        return int(error.response.status_code)
+    return _STATUS_BY_ERROR.get(type(error).__name__)
 
 
 def _retry_after(response: Any) -> float:

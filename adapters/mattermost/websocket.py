@@ -38,6 +38,10 @@ class MattermostAuthError(Exception):
     """The server refused the bot's token; retrying cannot help."""
 
 
+class _ClosedDuringAuthentication(Exception):
+    """The server hung up before accepting the token: what it does with a bad one."""
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """A client context that verifies the server certificate and host name."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -59,6 +63,7 @@ class ReconnectingWebsocket(Websocket):  # type: ignore[misc]
         ping_timeout: float = 20,
         max_delay: float = 60,
         on_state: Callable[[bool, str], None] | None = None,
+        token_valid: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         super().__init__(options, token)
         self._ca_file = ca_file
@@ -66,6 +71,7 @@ class ReconnectingWebsocket(Websocket):  # type: ignore[misc]
         self._ping_timeout = ping_timeout
         self._max_delay = max_delay
         self._on_state = on_state or (lambda up, reason: None)
+        self._token_valid = token_valid
         self._connection: ClientConnection | None = None
         self._closing: asyncio.Future[None] | None = None
 
@@ -100,6 +106,13 @@ class ReconnectingWebsocket(Websocket):  # type: ignore[misc]
             except MattermostAuthError:
                 self._on_state(False, "authentication refused")
                 raise
+            except _ClosedDuringAuthentication:
+                # Mattermost closes the socket on a bad token without saying why; ask REST
+                # whether the token still works before retrying, so a revoked one stops us.
+                if self._token_valid is not None and not await self._token_valid():
+                    self._on_state(False, "authentication refused")
+                    raise MattermostAuthError(_REFUSED) from None
+                reason = "closed during authentication"
             except (TimeoutError, OSError, websockets.WebSocketException) as error:
                 reason = type(error).__name__
             finally:
@@ -136,13 +149,13 @@ class ReconnectingWebsocket(Websocket):  # type: ignore[misc]
         await connection.send(json.dumps(challenge))
         async with asyncio.timeout(10):
             while True:
-                raw = await connection.recv()
+                try:
+                    raw = await connection.recv()
+                except websockets.ConnectionClosed:
+                    raise _ClosedDuringAuthentication() from None
                 message = _json(raw)
                 if message.get("seq_reply") == 1 and message.get("status") == "FAIL":
-                    raise MattermostAuthError(
-                        "Mattermost refused the bot's token on the websocket; check "
-                        "MATTERMOST_TOKEN (or the login id and password)."
-                    )
+                    raise MattermostAuthError(_REFUSED)
                 await event_handler(str(raw))
                 if message.get("event") == "hello" or (
                     message.get("seq_reply") == 1 and message.get("status") == "OK"
@@ -154,6 +167,11 @@ class ReconnectingWebsocket(Websocket):  # type: ignore[misc]
         """Exponential backoff with full jitter, so replicas do not reconnect in lockstep."""
         ceiling = min(self._max_delay, 0.5 * 2 ** min(failures, 10))
         return random.uniform(ceiling / 2, ceiling)
+
+
+_REFUSED = (
+    "Mattermost refused the bot's token; check MATTERMOST_TOKEN (or the login id and password)."
+)
 
 
 def _json(raw: str | bytes) -> dict[str, Any]:
