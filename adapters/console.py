@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 from datetime import tzinfo
 from typing import TextIO
 
@@ -48,7 +49,9 @@ class ConsoleAdapter:
     async def run(self) -> None:
         """Answer lines until end of input."""
         if self._interactive:
-            self._write(f"deploybot console as {self._user}. Say `help` for commands.\n")
+            self._write(
+                f"deploybot console as {self._user}. Say `help` for commands, `exit` to leave.\n"
+            )
         count = 0
         while True:
             line = await self._read_line()
@@ -56,6 +59,8 @@ class ConsoleAdapter:
                 break
             if not line.strip():
                 continue
+            if line.strip().lower() in ("exit", "quit"):
+                break
             count += 1
             message = Message(
                 platform=PLATFORM,
@@ -95,12 +100,32 @@ class ConsoleAdapter:
         self._write(f"» (to {user_id}) {render_plain(reply.parts, self._zone).rstrip()}\n")
 
     async def _read_line(self) -> str | None:
-        """The next line, or None at end of input; reading blocks, so it runs in a thread."""
+        """The next line, or None at end of input.
+
+        Reading blocks, so it happens in a daemon thread of its own: a thread from the
+        default executor would keep the process alive after Ctrl-C until Enter is pressed.
+        """
         if self._interactive:
             self._write("deploybot> ")
-        line = await asyncio.to_thread(self._stdin.readline)
-        return line or None
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:
+            try:
+                text = self._stdin.readline()
+            except (OSError, ValueError):
+                text = ""
+            loop.call_soon_threadsafe(_settle, line, text)
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
+        return await line or None
 
     def _write(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+def _settle(future: asyncio.Future[str], value: str) -> None:
+    """Resolve `future` unless it was cancelled meanwhile (Ctrl-C)."""
+    if not future.done():
+        future.set_result(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import tzinfo
@@ -88,10 +89,9 @@ async def run_bot(
     """Serve until SIGINT/SIGTERM (or end of console input when no platform is set up)."""
     platforms = configured_platforms(runtime, secrets, zone)
     if not platforms:
-        log.info("no chat platform configured; starting the console")
-        console = ConsoleAdapter(runtime.commands, user=console_user, zone=zone)
-        async with time_driven(runtime, {console.platform: console}, zone):
-            await console.run()
+        if not sys.stdin.isatty():
+            log.warning("no chat platform is configured; reading console commands from stdin")
+        await run_console(runtime, user=console_user, zone=zone)
         return
 
     stop = asyncio.Event()
@@ -115,6 +115,13 @@ async def run_bot(
             await platform.stop()
 
 
+async def run_console(runtime: Runtime, *, user: str, zone: tzinfo | None) -> None:
+    """A terminal chat, with reminders and announcements printed as they happen."""
+    console = ConsoleAdapter(runtime.commands, user=user, zone=zone)
+    async with time_driven(runtime, {console.platform: console}, zone):
+        await console.run()
+
+
 @asynccontextmanager
 async def time_driven(
     runtime: Runtime, platforms: Mapping[str, ChatPlatform], zone: tzinfo | None
@@ -126,6 +133,7 @@ async def time_driven(
         runtime.settings,
         zone=zone,
         digest=lambda: _post_digest(runtime, platforms),
+        recover=runtime.recover_store,
     )
     timeline.start()
     task = asyncio.create_task(announcer.run())

@@ -33,6 +33,7 @@ from bot.store import LeaseChange, WaitlistResult
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CRASH = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 CLI_PLATFORM = "local"
 CLI_VIA = Origin(CLI_PLATFORM, "cli")
 
@@ -123,9 +124,7 @@ def cli(
 ) -> None:
     """deploybot: deploy locks, staging claims and job statuses, shared with chat."""
     # One-shot commands report their own failures; the long-running ones also log warnings.
-    quiet_level = (
-        logging.WARNING if click_ctx.invoked_subcommand in ("run", "console") else logging.ERROR
-    )
+    quiet_level = logging.WARNING if click_ctx.invoked_subcommand == "run" else logging.ERROR
     logging.basicConfig(
         level=logging.INFO if verbose else quiet_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -260,8 +259,12 @@ def release(ctx: Context, env: str, user: str) -> None:
 def extend(ctx: Context, name: str, user: str, ttl: str | None, as_json: bool) -> None:
     """Extend your lock or claim NAME to now + TTL (default: its kind's default)."""
     changes = ctx.run(lambda rt: rt.leases.extend(name, _holder(user), duration=ttl, via=CLI_VIA))
+    if as_json:  # one JSON document, even when a lock and a claim were both extended
+        payload = [{"outcome": change.outcome, **change.lease.to_dict()} for change in changes]
+        click.echo(json.dumps(payload, indent=2))
+        return
     for change in changes:
-        _lease_summary(ctx, change, False, as_json)
+        _lease_summary(ctx, change, False, False)
 
 
 @cli.command("force-unlock")
@@ -310,8 +313,8 @@ def check(ctx: Context, service: str, token: int) -> None:
         return
     if lease is None:
         fail(
-            f"The lock on {service.strip().lower()} is no longer held (it expired or was "
-            f"released); token {token} is not valid.",
+            f"Nothing called {service.strip().lower()} is held now (it expired, was released, "
+            f"or never was); token {token} is not valid.",
             EXIT_REFUSED,
         )
     fail(
@@ -374,7 +377,7 @@ def job_set(
     recorded = ctx.run(
         lambda rt: rt.jobs.set(name, state, updated_by=user, url=url, detail=detail)
     )
-    click.echo(f"job {recorded.name} is {recorded.status}")
+    click.echo(f"job {recorded.name}: {recorded.status}")
 
 
 @job.command("rm")
@@ -407,12 +410,10 @@ def jobs(ctx: Context, as_json: bool) -> None:
 @pass_context
 def console(ctx: Context, user: str) -> None:
     """Chat with deploybot in this terminal (or from piped input)."""
-    from adapters.console import ConsoleAdapter
+    from adapters.runner import run_console
 
-    async def chat(rt: Runtime) -> None:
-        await ConsoleAdapter(rt.commands, user=user, zone=ctx.zone).run()
-
-    ctx.run(chat)
+    name = _holder(user).user_id
+    ctx.run(lambda rt: run_console(rt, user=name, zone=ctx.zone))
 
 
 @cli.command()
@@ -424,7 +425,7 @@ def run(ctx: Context, user: str) -> None:
 
     async def serve(rt: Runtime) -> None:
         try:
-            await run_bot(rt, Secrets(), console_user=user, zone=ctx.zone)
+            await run_bot(rt, Secrets(), console_user=_holder(user).user_id, zone=ctx.zone)
         except PlatformConfigError as error:
             fail(str(error), EXIT_USAGE)
 
@@ -441,8 +442,13 @@ def server() -> None:
 def server_status(ctx: Context) -> None:
     """Say whether the embedded server runs, and where its data lives."""
     data_dir = ctx.settings.resolved_data_dir()
-    state = "running" if server_running(data_dir) else "stopped"
+    try:
+        state = "running" if server_running(data_dir) else "stopped"
+    except EmbeddedServerError as error:
+        fail(str(error), EXIT_UNAVAILABLE)
     click.echo(f"embedded server {state}; data in {data_dir}")
+    if Secrets().redis_url or ctx.redis_url:
+        click.echo("note: REDIS_URL is set, so deploybot uses that Redis, not this server")
 
 
 @server.command("stop")
@@ -450,7 +456,10 @@ def server_status(ctx: Context) -> None:
 def server_stop(ctx: Context) -> None:
     """Stop the embedded server (its data is kept and used again on the next start)."""
     data_dir = ctx.settings.resolved_data_dir()
-    stopped = stop_server(data_dir)
+    try:
+        stopped = stop_server(data_dir)
+    except EmbeddedServerError as error:
+        fail(str(error), EXIT_UNAVAILABLE)
     click.echo("embedded server stopped" if stopped else "embedded server was not running")
 
 
@@ -459,9 +468,21 @@ def _holder(user: str) -> Holder:
     name = clean_text(user.strip())
     if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
         fail(f"--as needs a name of 1 to 64 characters without spaces, not {user!r}.", EXIT_USAGE)
+    if any(ch.isupper() for ch in name):
+        click.echo(
+            f"deploybot: note that names are case-sensitive: {name!r} is not {name.lower()!r}.",
+            err=True,
+        )
     return Holder(CLI_PLATFORM, name, name)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="deploybot")
+    """Console-script entry point. Ctrl-C ends with the shell's usual 130, not 1 ("refused")."""
+    try:
+        cli(prog_name="deploybot", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("\ndeploybot: interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)

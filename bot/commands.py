@@ -18,7 +18,7 @@ from bot.durations import looks_like_duration, parses_as_duration
 from bot.errors import DeploybotError, UnknownCommand, UsageError
 from bot.jobs import JobService
 from bot.leases import LeaseService
-from bot.messages import Code, Mention, Message, Part, Reply, clean_text
+from bot.messages import Code, Mention, Message, Part, Reply, clean_text, one_line
 from bot.model import LeaseKind, Origin
 from bot.names import suggest
 from bot.replies import (
@@ -84,7 +84,6 @@ SPECS = (
 
 _BY_WORD = {word: spec for spec in SPECS for word in (spec.name, *spec.aliases)}
 _COMMAND_NAMES = [spec.name for spec in SPECS]
-_BRANCH_LIKE_DURATION = re.compile(r"^[+-]?[\d.]+[a-z]{0,7}$")
 
 _DURATION_HELP = "Durations look like 90s, 30m, 2h, 1h30m or 1d."
 
@@ -377,12 +376,10 @@ def _article_and_word(kind: LeaseKind) -> str:
 def _meant_as_duration(word: str) -> bool:
     """Whether `claim`'s first optional word is a duration rather than a branch.
 
-    Branches may start with digits (`1234-fix-login`), so only a word that parses as a
-    duration, or has a duration's shape (`30x`), is taken as one.
+    Branches may start with digits (`1234-fix-login`, `42`), so only a word that parses
+    as a duration is taken as one; a malformed duration after the branch is still refused.
     """
-    if parses_as_duration(word):
-        return True
-    return bool(_BRANCH_LIKE_DURATION.match(word.lower()))
+    return parses_as_duration(word)
 
 
 def _cleaned(message: Message) -> Message:
@@ -390,8 +387,8 @@ def _cleaned(message: Message) -> Message:
     return replace(
         message,
         text=clean_text(message.text),
-        display_name=clean_text(message.display_name),
-        user_id=clean_text(message.user_id),
+        display_name=one_line(message.display_name),
+        user_id=one_line(message.user_id),
     )
 
 

@@ -7,6 +7,7 @@ milliseconds.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -64,6 +66,13 @@ def _duration_ms(value: Any) -> Any:
 
 
 DurationMs = Annotated[int, BeforeValidator(_duration_ms), Field(gt=0)]
+# Lease durations share the one-minute floor that typed durations have.
+LeaseDurationMs = Annotated[
+    int, BeforeValidator(_duration_ms), Field(ge=60_000, description="at least 1 minute")
+]
+# Lists from the environment may be comma-separated (DEPLOYBOT_ADMINS=local:a,slack:U1)
+# or JSON; pydantic-settings' own decoding would accept JSON only.
+CommaList = Annotated[list[str], NoDecode]
 
 
 class LeaseSettings(BaseModel):
@@ -71,8 +80,8 @@ class LeaseSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default_ttl: DurationMs
-    max_ttl: DurationMs
+    default_ttl: LeaseDurationMs
+    max_ttl: LeaseDurationMs
 
     @model_validator(mode="after")
     def _default_within_maximum(self) -> LeaseSettings:
@@ -98,9 +107,9 @@ class Settings(BaseSettings):
     namespace: str = "deploybot"
     timezone: str = ""
     data_dir: Path | None = None
-    admins: list[str] = Field(default_factory=list)
-    services: list[str] = Field(default_factory=list)
-    environments: list[str] = Field(default_factory=list)
+    admins: CommaList = Field(default_factory=list)
+    services: CommaList = Field(default_factory=list)
+    environments: CommaList = Field(default_factory=list)
     lock: LeaseSettings = Field(
         default_factory=lambda: LeaseSettings.model_validate(_LEASE_DEFAULTS["lock"])
     )
@@ -116,7 +125,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [600_000], validate_default=False
     )
     handoff: Literal["auto", "notify"] = "auto"
-    announce_channels: list[str] = Field(default_factory=list)
+    announce_channels: CommaList = Field(default_factory=list)
     announce_lock_release: bool = True
     digest_cron: str = ""
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
@@ -126,6 +135,20 @@ class Settings(BaseSettings):
     def _check_namespace(cls, value: str) -> str:
         """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
         return _valid_name(value, "namespace")
+
+    @field_validator("admins", "services", "environments", "announce_channels", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        """A list written as text: JSON (`["a","b"]`) or comma-separated (`a,b`)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("is neither a JSON list nor a comma-separated one") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
 
     @field_validator("lock", "claim", mode="before")
     @classmethod
@@ -217,7 +240,7 @@ class Settings(BaseSettings):
 
     def is_admin(self, holder: Holder) -> bool:
         """Whether `holder` may force-release other people's leases."""
-        return holder.identity.lower() in {admin.lower() for admin in self.admins}
+        return holder.identity in self.admins
 
     def resolved_data_dir(self) -> Path:
         """Where the embedded server keeps its files."""

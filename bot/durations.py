@@ -13,7 +13,7 @@ from bot.errors import InvalidDuration
 
 MINIMUM_MS = 60_000
 
-_LOOKS_LIKE_DURATION = re.compile(r"^[+-]?\d")
+_LOOKS_LIKE_DURATION = re.compile(r"^[+-]?\.?[0-9]")
 _EXAMPLES = "like 90s, 30m, 2h, 1h30m or 1d"
 
 
@@ -29,7 +29,8 @@ def looks_like_duration(word: str) -> bool:
 def parse_duration(text: str, *, maximum_ms: int, minimum_ms: int = MINIMUM_MS) -> int:
     """Parse a duration into milliseconds, within [minimum_ms, maximum_ms]."""
     try:
-        seconds = parse_seconds(text.strip()) if text.strip() else None
+        # pytimeparse's \d also takes other scripts' digits; people type ASCII durations.
+        seconds = parse_seconds(text.strip()) if text.strip().isascii() else None
     except OverflowError:  # digits beyond what a float holds: absurdly long
         seconds = math.inf
     if seconds is None or seconds != seconds:  # None, or NaN
@@ -71,6 +72,6 @@ def _shown(text: str) -> str:
 def parses_as_duration(word: str) -> bool:
     """Whether `word` is a duration in a form we understand (its bounds aside)."""
     try:
-        return parse_seconds(word.strip()) is not None
+        return word.strip().isascii() and parse_seconds(word.strip()) is not None
     except OverflowError:
         return True

@@ -79,7 +79,15 @@ def ensure_server(data_dir: Path, *, timeout: float = 10.0) -> str:
     data_dir, socket_path = _paths(data_dir)
     deadline = time.monotonic() + timeout
 
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        msg = (
+            f"Cannot use {data_dir} as the embedded server's data directory "
+            f"({error.strerror or type(error).__name__}); set DEPLOYBOT_DATA_DIR to a "
+            "writable directory, or REDIS_URL to your own Redis."
+        )
+        raise EmbeddedServerError(msg, data_dir=data_dir) from None
     with _exclusive_lock(data_dir):
         if _listening(socket_path):
             _wait_for_ping(data_dir, deadline, timeout)

@@ -198,8 +198,12 @@ class StoreUnavailable(DeploybotError):
 
     exit_code = 3
 
-    def __init__(self) -> None:
-        super().__init__("The state store is unavailable, so nothing changed. Try again shortly.")
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"The state store is unavailable{why}, so nothing changed. Try again shortly."
+        )
 
 
 def _title(kind: LeaseKind | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.config import Settings
 from bot.errors import UsageError
-from bot.messages import clean_text
+from bot.messages import one_line
 from bot.model import Job
 from bot.names import normalize_job_name
 from bot.store import JobListing, Store
@@ -32,9 +32,9 @@ class JobService:
     ) -> Job:
         """Record a job's status; well-known states and short free text are both accepted."""
         name = normalize_job_name(raw_name)
-        status, updated_by = clean_text(status.strip()), clean_text(updated_by)
-        detail = clean_text(detail) if detail is not None else None
-        url = clean_text(url) if url is not None else None
+        status, updated_by = one_line(status), one_line(updated_by)
+        detail = one_line(detail) if detail is not None else None
+        url = one_line(url) if url is not None else None
         status = status.lower() if status.isalpha() else status
         if not status or len(status) > MAX_STATUS_LENGTH:
             msg = (
@@ -42,15 +42,13 @@ class JobService:
                 "succeeded or failed."
             )
             raise UsageError(msg)
-        if url is not None and (
-            not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH
-        ):
+        if url and (not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH):
             msg = f"A job URL starts with http:// or https://, up to {MAX_URL_LENGTH} characters."
             raise UsageError(msg)
         if detail is not None and len(detail) > MAX_DETAIL_LENGTH:
             raise UsageError(f"A job detail is at most {MAX_DETAIL_LENGTH} characters.")
 
-        job = Job(name, status, 0, updated_by, url=url or None, detail=detail or None)
+        job = Job(name, status, 0, updated_by, url=url, detail=detail)
         return await self._store.set_job(job)
 
     async def remove(self, raw_name: str, *, removed_by: str) -> bool:

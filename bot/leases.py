@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from bot.config import Settings
 from bot.durations import parse_duration
 from bot.errors import LeaseHeld, NotAdmin, NotHeld, NotHolder, UsageError, WaitTimedOut
-from bot.messages import clean_text
+from bot.messages import one_line
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.names import normalize_name
 from bot.store import LeaseChange, LeaseListing, Store, WaitlistResult
@@ -272,15 +272,18 @@ class LeaseService:
         return events, await self._store.now_ms()
 
     async def check(self, raw_name: str, token: int) -> CheckResult:
-        """Whether the lock on `raw_name` is still held with `token`.
+        """Whether the lock (or claim) on `raw_name` is still held with `token`.
 
-        A pipeline calls this before each risky step: a lock that expired, or expired and
+        A pipeline calls this before each risky step: a lease that expired, or expired and
         was taken by someone else, fails the check even if the pipeline never noticed.
         """
-        name = self.name(LeaseKind.LOCK, raw_name)
-        lease = await self._store.get(LeaseKind.LOCK, name)
+        name = self._any_name(raw_name)
+        found = [lease for kind in LeaseKind if (lease := await self._store.get(kind, name))]
         now = await self._store.now_ms()
-        return CheckResult(lease is not None and lease.token == token, lease, now)
+        for lease in found:
+            if lease.token == token:
+                return CheckResult(True, lease, now)
+        return CheckResult(False, found[0] if found else None, now)
 
     async def _leases_named(
         self, raw_name: str, holder: Holder
@@ -304,7 +307,7 @@ class LeaseService:
 
 def _bounded(text: str, what: str, limit: int) -> str:
     """Strip `text` and refuse it if longer than `limit` characters."""
-    text = clean_text(text.strip())
+    text = one_line(text)
     if len(text) > limit:
         raise UsageError(f"That {what} is {len(text)} characters; keep it to {limit} at most.")
     return text

@@ -7,15 +7,29 @@ Replies are built from parts so each adapter renders people and times in its own
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bot.model import Holder, Lease
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
 
 def clean_text(text: str) -> str:
-    """Text that can be encoded as UTF-8: lone surrogates (possible in JSON) become `?`."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """Text safe to store and to print: valid UTF-8, no terminal control sequences.
+
+    Lone surrogates (possible in JSON) become `?`; escape sequences and control
+    characters (a note could otherwise rewrite someone's terminal) are removed. Newlines and
+    tabs stay; `one_line` folds them where a value must fit on one line.
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub("", text)
+
+
+def one_line(text: str) -> str:
+    """`clean_text`, with every run of whitespace (newlines too) folded to one space."""
+    return " ".join(clean_text(text).split())
 
 
 @dataclass(frozen=True)

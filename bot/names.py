@@ -10,8 +10,9 @@ from bot.errors import InvalidName, UnknownName
 
 MAX_NAME_LENGTH = 64
 
-_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
-_JOB_NAME = re.compile(r"^[a-z0-9._:/#-]{1,100}$")
+# At least one letter or digit: `.` or `--` alone would make baffling keys and replies.
+_NAME = re.compile(r"^(?=.*[a-z0-9])[a-z0-9._-]{1,64}$")
+_JOB_NAME = re.compile(r"^(?=.*[a-z0-9])[a-z0-9._:/#-]{1,100}$")
 
 
 def normalize_name(raw: str, what: str, known: Collection[str] = ()) -> str:
@@ -52,6 +53,6 @@ def _invalid_reason(raw: str, what: str, limit: int, punctuation: str) -> str:
     if len(raw.strip()) > limit:
         return f"A {what} name is at most {limit} characters; `{shown}` is longer."
     return (
-        f"`{shown}` is not a valid {what} name: use letters, digits and {punctuation}, "
-        f"up to {limit} characters."
+        f"`{shown}` is not a valid {what} name: use letters, digits (ASCII only) and "
+        f"{punctuation}, up to {limit} characters."
     )

@@ -161,7 +161,11 @@ def event_line(event: Event, now_ms: int) -> list[Part]:
     """One history line: when, what, who, token and note (or who forced it and why)."""
     data = event.data
     holder = _holder_of(data.get("holder"))
-    parts: list[Part] = [When(event.at, now_ms), f" {event.type} {event.kind}"]
+    # An expiry is noticed a little after it happens (or much later, after downtime):
+    # show when it happened.
+    due = data.get("due_at") if event.type == "expired" else None
+    at = int(due) if isinstance(due, int | float) else event.at
+    parts: list[Part] = [When(at, now_ms), f" {event.type} {event.kind}"]
     if event.type == "forced":
         admin = _holder_of(data.get("forced_by"))
         parts += [" by ", Mention(admin) if admin else "an admin", f": {data.get('reason', '')}"]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.commands import CommandHandler
 from bot.config import Secrets, Settings
-from bot.embedded import ensure_server
+from bot.embedded import EmbeddedServerError, ensure_server
 from bot.jobs import JobService
 from bot.leases import LeaseService
 from bot.store import LeasePolicy, Store, connect
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,17 @@ class Runtime:
     leases: LeaseService
     jobs: JobService
     commands: CommandHandler
+    embedded_dir: Path | None = None
+
+    async def recover_store(self) -> None:
+        """Restart the embedded server if it was stopped or crashed (your own Redis is left
+        to its operators); a failure is logged, and the next tick tries again."""
+        if self.embedded_dir is None:
+            return
+        try:
+            await asyncio.to_thread(ensure_server, self.embedded_dir)
+        except EmbeddedServerError as error:
+            log.warning("embedded server could not be restarted: %s", error)
 
 
 async def resolve_redis_url(settings: Settings, secrets: Secrets, override: str | None) -> str:
@@ -59,7 +74,9 @@ async def open_runtime(
     )
     leases = LeaseService(store, settings)
     jobs = JobService(store, settings)
+    embedded = None if (redis_url or secrets.redis_url) else settings.resolved_data_dir()
+    commands = CommandHandler(leases, jobs, settings)
     try:
-        yield Runtime(settings, store, leases, jobs, CommandHandler(leases, jobs, settings))
+        yield Runtime(settings, store, leases, jobs, commands, embedded_dir=embedded)
     finally:
         await store.close()

@@ -395,13 +395,21 @@ return {expired, reminded, #due / 2}
 """
 )
 
-# Record a job status. KEYS[1] jobs hash, KEYS[2] event stream.
+# Record a job status. A URL or detail left out keeps the previous one (a pipeline sets the
+# link once, at `running`); an empty one clears it. KEYS[1] jobs hash, KEYS[2] event stream.
 # ARGV[1] job JSON without updated_at, ARGV[2] event stream cap.
 SET_JOB = (
     _PRELUDE
     + """
 local now = now_ms()
 local job = cjson.decode(ARGV[1])
+local ok, old = pcall(cjson.decode, redis.call('HGET', KEYS[1], job.name) or 'null')
+if ok and type(old) == 'table' then
+  if job.url == nil then job.url = old.url end
+  if job.detail == nil then job.detail = old.detail end
+end
+if job.url == '' then job.url = nil end
+if job.detail == '' then job.detail = nil end
 job.updated_at = now
 local encoded = cjson.encode(job)
 redis.call('HSET', KEYS[1], job.name, encoded)

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -44,7 +45,7 @@ from redis.exceptions import (
 )
 
 from bot import scripts
-from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable
+from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable, UsageError
 from bot.model import Event, Holder, Job, Lease, LeaseKind, Origin
 
 log = logging.getLogger(__name__)
@@ -467,8 +468,11 @@ class Store:
         await self._call(self._redis.xack, self.key("events"), group, event_id)
 
     async def set_job(self, job: Job) -> Job:
-        """Record a job status; `updated_at` comes from Redis."""
-        data = job.to_dict()
+        """Record a job status; `updated_at` comes from Redis.
+
+        A `url` or `detail` of None keeps the previous value; an empty string clears it.
+        """
+        data = {key: value for key, value in job.to_dict().items() if value is not None}
         del data["updated_at"]
         keys = [self.key("jobs"), self.key("events")]
         raw = await self._call(self._set_job, keys=keys, args=[_dumps(data), self._events_max])
@@ -562,17 +566,55 @@ class Store:
         try:
             return await func(*args, **kwargs)
         except _UNAVAILABLE as error:
-            log.warning("state store unavailable error=%s", type(error).__name__)
-            raise StoreUnavailable() from error
+            reason = _reason(error)
+            log.warning("state store unavailable reason=%s", reason)
+            raise StoreUnavailable(reason) from error
         except ResponseError as error:
-            if str(error).startswith(("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN")):
-                log.warning("state store not serving error=%s", str(error).split()[0])
-                raise StoreUnavailable() from error
+            text = str(error)
+            if text.startswith(("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")):
+                log.warning("state store not serving error=%s", text.split()[0])
+                raise StoreUnavailable(f"Redis answered {text.split()[0]}") from error
+            if "unknown command" in text.lower():
+                log.warning("state store lacks a command; not a Redis 6.2+ server?")
+                raise StoreUnavailable("the server is not a Redis 6.2+ compatible one") from error
             raise
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis URL that cannot work, saying what one looks like (no secrets shown)."""
+    example = "redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"The Redis URL is malformed; use one like {example}.") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        scheme = parts.scheme or "none"
+        raise UsageError(f"The Redis URL's scheme is {scheme!r}; use one like {example}.")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise UsageError(f"The Redis URL names no host; use one like {example}.")
+    if port == 0:
+        raise UsageError(f"The Redis URL's port must be 1-65535; use one like {example}.")
+
+
+def _reason(error: Exception) -> str:
+    """A short, secret-free account of why Redis could not be used."""
+    if isinstance(error, AuthenticationError):
+        return "the password was refused"
+    if isinstance(error, InvalidResponse):
+        return "the server does not speak the Redis protocol"
+    if isinstance(error, RedisTimeoutError | TimeoutError):
+        return "it did not answer in time"
+    if isinstance(error, BusyLoadingError):
+        return "it is still loading its data"
+    if isinstance(error, ReadOnlyError):
+        return "it is a read-only replica"
+    return "could not connect"
 
 
 def connect(url: str, *, password: str | None = None) -> aioredis.Redis:
     """A client for `url` with short timeouts, so an outage is reported, not waited out."""
+    check_redis_url(url)
     return aioredis.Redis.from_url(
         url,
         password=password,

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SWEEP_JOB_ID = "timeline-sweep"
 DIGEST_JOB_ID = "daily-digest"
 SWEEP_BATCH = 500
+RECOVERY_INTERVAL_S = 5.0
 
 
 class Timeline:
@@ -39,11 +40,14 @@ class Timeline:
         *,
         zone: tzinfo | None = None,
         digest: Callable[[], Awaitable[None]] | None = None,
+        recover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._zone = zone or datetime.now().astimezone().tzinfo or UTC
         self._digest = digest
+        self._recover = recover
+        self._last_recovery = 0.0
         self._sweeping = asyncio.Lock()
         self._store_down = False
         self.scheduler = AsyncIOScheduler(timezone=self._zone)
@@ -94,6 +98,15 @@ class Timeline:
                 if not self._store_down:
                     log.warning("timeline: state store unavailable; will retry each tick")
                 self._store_down = True
+                await self._try_recovery()
+
+    async def _try_recovery(self) -> None:
+        """Ask for the store to be brought back, at most every few seconds."""
+        now = asyncio.get_running_loop().time()
+        if self._recover is None or now - self._last_recovery < RECOVERY_INTERVAL_S:
+            return
+        self._last_recovery = now
+        await self._recover()
 
     async def _post_digest(self) -> None:
         """Post the digest once per day across all replicas."""

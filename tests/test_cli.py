@@ -240,7 +240,8 @@ def test_unreachable_redis_exits_3_with_a_clear_message(cli: Cli, args: list[str
     assert result.returncode == EXIT_UNAVAILABLE
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "deploybot: The state store is unavailable, so nothing changed. Try again shortly."
+        "deploybot: The state store is unavailable (could not connect), so nothing changed. "
+        "Try again shortly."
     ]
 
 
@@ -440,7 +441,7 @@ def test_check_passes_only_with_the_current_token(cli: Cli) -> None:
     assert wrong.returncode == EXIT_REFUSED
     assert "not valid" in wrong.stderr
     assert after_unlock.returncode == EXIT_REFUSED
-    assert "no longer held" in after_unlock.stderr
+    assert "is held now" in after_unlock.stderr and "not valid" in after_unlock.stderr
 
 
 def test_check_fails_once_someone_else_holds_the_lock(cli: Cli) -> None:
@@ -481,7 +482,7 @@ def test_job_set_list_and_remove(cli: Cli) -> None:
     after = json.loads(cli("jobs", "--json").stdout)
 
     assert set_result.returncode == EXIT_OK, set_result.stderr
-    assert set_result.stdout.strip() == "job api/build#42 is running"
+    assert set_result.stdout.strip() == "job api/build#42: running"
     assert re.search(r"`api/build#42` running — by ci-bot, .*: step 3 of 5", text.stdout)
     assert listing["corrupt"] == []
     [job] = listing["jobs"]

@@ -427,14 +427,15 @@ async def test_check_after_release_is_invalid(leases: LeaseService) -> None:
     assert result.lease is None
 
 
-async def test_check_ignores_a_claim_of_the_same_name(leases: LeaseService) -> None:
-    """check() is about the deploy lock: a claim's token on the same name is not valid."""
+async def test_check_accepts_a_claims_token_too(leases: LeaseService) -> None:
+    """check() works for claims as for locks: the claim's own token is valid, others not."""
     claim = await leases.acquire(LeaseKind.CLAIM, "backend", ALICE)
 
     result = await leases.check("backend", claim.lease.token)
+    stale = await leases.check("backend", claim.lease.token - 1)
 
-    assert result.valid is False
-    assert result.lease is None
+    assert result.valid is True and result.lease == claim.lease
+    assert stale.valid is False and stale.lease == claim.lease
 
 
 # Status and history

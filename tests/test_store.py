@@ -591,7 +591,8 @@ async def test_history_skips_entries_deploybot_did_not_write(store: Store) -> No
 
 
 async def test_set_job_records_and_overwrites(store: Store) -> None:
-    """A job status is stored with Redis's time and a later set replaces it."""
+    """A job status is stored with Redis's time; a later set replaces the status and keeps
+    a URL it does not give, and an empty URL clears it."""
     first = await store.set_job(Job("api/build#42", "running", 0, "ci", url="https://ci/42"))
     second = await store.set_job(Job("api/build#42", "succeeded", 0, "ci", detail="green"))
 
@@ -600,8 +601,10 @@ async def test_set_job_records_and_overwrites(store: Store) -> None:
     assert first.updated_at > 0
     assert second.updated_at >= first.updated_at
     assert listing.jobs == [second]
-    assert (second.status, second.url, second.detail) == ("succeeded", None, "green")
+    assert (second.status, second.url, second.detail) == ("succeeded", "https://ci/42", "green")
     assert listing.corrupt == []
+    cleared = await store.set_job(Job("api/build#42", "succeeded", 0, "ci", url=""))
+    assert (cleared.url, cleared.detail) == (None, "green")
 
 
 async def test_remove_job(store: Store) -> None:

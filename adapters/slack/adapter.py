@@ -34,7 +34,7 @@ from adapters.slack.format import (
 )
 from bot.errors import DeploybotError, StoreUnavailable
 from bot.messages import Code, Mention, Message, Reply
-from bot.model import Holder
+from bot.model import Holder, Origin
 from bot.replies import lease_change_parts
 from bot.runtime import Runtime
 
@@ -226,13 +226,17 @@ class SlackAdapter:
         clicker = Holder(
             PLATFORM, str(user.get("id", "")), await self._display_name(str(user.get("id", "")))
         )
-        reply = await self._button_reply(action.get("action_id"), target, clicker)
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
+            "channel_id", "direct"
+        )
+        via = Origin(PLATFORM, str(channel))
+        reply = await self._button_reply(action.get("action_id"), target, clicker, via)
         await self._respond(
             respond, reply, "ephemeral" if not reply.ok else "in_channel", replace=reply.ok
         )
 
     async def _button_reply(
-        self, action_id: object, target: tuple[Any, str, int], clicker: Holder
+        self, action_id: object, target: tuple[Any, str, int], clicker: Holder, via: Origin
     ) -> Reply:
         """Apply a button click to the lease it names, if that lease is still the same one."""
         kind, name, token = target
@@ -260,9 +264,9 @@ class SlackAdapter:
                     private=True,
                 )
             if action_id == EXTEND_ACTION:
-                change = await leases.extend_lease(kind, name, clicker)
+                change = await leases.extend_lease(kind, name, clicker, via=via)
                 return Reply.of(lease_change_parts(change), leases=[change.lease])
-            change = await leases.release(kind, name, clicker)
+            change = await leases.release(kind, name, clicker, via=via)
             return Reply.of(lease_change_parts(change))
         except DeploybotError as error:
             return Reply.of(error.parts(), ok=False, private=True)
