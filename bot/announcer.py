@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.chat import ChatPlatform
 from bot.config import Settings
@@ -42,8 +42,14 @@ class Delivery:
     thread: str | None = None
 
 
-def plan(event: Event, settings: Settings) -> list[Delivery]:
-    """Who is told what about one event. Pure: no I/O."""
+def plan(event: Event, settings: Settings, now_ms: int | None = None) -> list[Delivery]:
+    """Who is told what about one event, as of `now_ms` (Redis time). Pure: no I/O.
+
+    Times in the text are relative to when it is announced, which after downtime can be
+    long after the event was recorded.
+    """
+    if now_ms is not None:
+        event = replace(event, data={**event.data, "_now": now_ms})
     lease = _lease_of(event)
     if event.type == "reminder" and lease is not None:
         return [_direct(lease.holder, _reminder(event, lease))]
@@ -98,16 +104,26 @@ class Announcer:
         self._stopping.set()
 
     async def _handle(self, events: list[Event]) -> None:
+        if not events:
+            return
+        now = await self._store.now_ms()
         for event in events:
-            await self._announce(event)
+            await self._announce(event, now)
             await self._store.ack_event(GROUP, event.id)
 
-    async def _announce(self, event: Event) -> None:
-        """Post every delivery of an event once, even if a replica crashed midway."""
-        if not await self._store.first_sighting("announce", event.id, ttl_s=SEEN_TTL_S):
-            return
-        for delivery in plan(event, self._settings):
+    async def _announce(self, event: Event, now_ms: int) -> None:
+        """Post each delivery of an event, marking it done only after it was posted.
+
+        The consumer group gives every event to one replica. If that replica dies midway,
+        another takes the event over later and posts what was not marked done: at worst a
+        post made in the instant before the crash is repeated, never one lost.
+        """
+        for number, delivery in enumerate(plan(event, self._settings, now_ms)):
+            mark = f"{event.id}:{number}"
+            if await self._store.is_marked("announced", mark):
+                continue
             await self._send(delivery, event)
+            await self._store.mark("announced", mark, ttl_s=SEEN_TTL_S)
 
     async def _send(self, delivery: Delivery, event: Event) -> None:
         platform = self._platforms.get(delivery.platform)
@@ -155,15 +171,18 @@ def _via(event: Event) -> Origin | None:
     return Origin.from_dict(via) if isinstance(via, dict) else None
 
 
-def _late(event: Event, due_key: str = "due_at") -> list[Part]:
+def _now(event: Event) -> int:
+    """When the event is being announced (plan's `now_ms`), else when it was recorded."""
+    now = event.data.get("_now")
+    return int(now) if isinstance(now, int | float) else event.at
+
+
+def _late(event: Event) -> list[Part]:
     """A note for something announced well after it was due (deploybot was down)."""
-    due = event.data.get(due_key)
-    if isinstance(due, int | float) and event.at - due > LATE_AFTER_MS:
-        return [
-            " (late: this was due at ",
-            When(int(due), event.at),
-            ", while deploybot was not running)",
-        ]
+    due = event.data.get("due_at")
+    if isinstance(due, int | float) and _now(event) - due > LATE_AFTER_MS:
+        span = format_span(_now(event) - int(due))
+        return [f" (late: this was due {span} ago, while deploybot was not running)"]
     return []
 
 
@@ -200,7 +219,7 @@ def _reminder(event: Event, lease: Lease) -> Reply:
         f"Your {lease.kind} on ",
         Code(lease.name),
         " expires at ",
-        When(lease.expires_at, event.at),
+        When(lease.expires_at, _now(event)),
         ". Extend it with ",
         Code(f"extend {lease.name} 1h"),
         " or free it with ",
@@ -229,7 +248,7 @@ def _expired(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
         f"Your {lease.kind} on ",
         Code(lease.name),
         " expired at ",
-        When(lease.expires_at, event.at),
+        When(lease.expires_at, _now(event)),
         " and was released.",
         _late(event),
     )
@@ -249,7 +268,7 @@ def _released(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
             else None
         )
         who: list[Part] = [Mention(admin)] if admin else ["An admin"]
-        reason = str(event.data.get("reason", ""))
+        reason = str(event.data.get("reason", "")).rstrip(".")
         deliveries.append(
             _direct(
                 lease.holder,
@@ -284,7 +303,7 @@ def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
             f"You were first in line: the {lease.kind} on ",
             Code(lease.name),
             " is yours until ",
-            When(lease.expires_at, event.at),
+            When(lease.expires_at, _now(event)),
             ". Token ",
             Code(str(lease.token)),
             ".",
@@ -295,7 +314,7 @@ def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
             " got ",
             Code(lease.name),
             " from the waitlist, until ",
-            When(lease.expires_at, event.at),
+            When(lease.expires_at, _now(event)),
             ".",
         )
         return [
@@ -310,12 +329,13 @@ def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
         "extended": "extended",
     }
     note: list[Part] = [": ", lease.note] if lease.note else []
+    where = "the CLI" if via is None or via.channel == "cli" else "the console"
     channel = Reply.of(
         Mention(lease.holder),
         f" {verbs[event.type]} ",
         Code(lease.name),
-        " from the CLI, until ",
-        When(lease.expires_at, event.at),
+        f" from {where}, until ",
+        When(lease.expires_at, _now(event)),
         note,
         ".",
     )

@@ -398,7 +398,8 @@ def _via(message: Message) -> Origin:
 
 
 def _origin(message: Message) -> Origin | None:
-    """Where to announce changes to this lease later: the channel it was taken in."""
-    if message.platform in ("local",) or not message.channel:
+    """Where to announce changes to this lease later: the channel it was taken in (a DM is
+    no channel: its holder hears about their own lease by DM anyway)."""
+    if message.platform == "local" or message.direct or not message.channel:
         return None
     return Origin(message.platform, message.channel, message.thread)

@@ -132,9 +132,24 @@ class LeaseService:
         deadline = joined.now_ms + wait_ms
         try:
             return await self._wait_for_handoff(kind, name, holder, deadline, duration, note, via)
-        except BaseException:
-            await asyncio.shield(self._store.leave_waitlist(kind, name, holder, via=via))
+        except BaseException as stopped:
+            won = await asyncio.shield(self._stop_waiting(kind, name, holder, via))
+            if won is not None and isinstance(stopped, WaitTimedOut):
+                return won  # handed over just as the wait ran out: it is ours after all
+            if won is not None:  # interrupted: do not keep a lease nobody will use
+                await asyncio.shield(self._store.release(kind, name, holder, via=via))
             raise
+
+    async def _stop_waiting(
+        self, kind: LeaseKind, name: str, holder: Holder, via: Origin | None
+    ) -> LeaseChange | None:
+        """Leave the waitlist; if the lease was handed over meanwhile, return it."""
+        if await self._store.leave_waitlist(kind, name, holder, via=via):
+            return None
+        lease, now = await self.get(kind, name)
+        if lease is not None and lease.holder.same_person(holder):
+            return LeaseChange(lease, now, "acquired")
+        return None
 
     async def _wait_for_handoff(
         self,

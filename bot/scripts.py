@@ -152,8 +152,9 @@ local function remove_waiter(ctx, holder)
 end
 
 -- The resource just became free: give it to the first waiter ('auto'), or tell them
--- ('notify'). Unreadable waitlist entries are dropped.
-local function hand_off(ctx, now)
+-- ('notify'). Unreadable waitlist entries are dropped. The new lease keeps the freed one's
+-- channel for its announcements unless the waiter asked from a channel of their own.
+local function hand_off(ctx, now, freed)
   while true do
     local raw = redis.call('LPOP', ctx.queue)
     if not raw then return end
@@ -161,7 +162,9 @@ local function hand_off(ctx, now)
     if ok and type(waiter) == 'table' and type(waiter.holder) == 'table' then
       if ctx.handoff == 'auto' then
         local ttl = tonumber(waiter.ttl) or ctx.default_ttl
-        local encoded = take(ctx, waiter.holder, waiter.note or '', ttl, waiter.origin, now)
+        local origin = waiter.origin
+        if type(origin) ~= 'table' and type(freed) == 'table' then origin = freed.origin end
+        local encoded = take(ctx, waiter.holder, waiter.note or '', ttl, origin, now)
         emit(ctx, 'acquired', now, with_fields(encoded, {handoff = true}))
       else
         emit(ctx, 'free', now, cjson.encode({kind = ctx.kind, name = ctx.name, next = waiter}))
@@ -181,7 +184,7 @@ local function flush_expired(ctx, now)
   local lease = decode_lease(stale, ctx.kind, ctx.name)
   local due = lease and lease.expires_at or now
   emit(ctx, 'expired', now, with_fields(stale, {due_at = due}))
-  hand_off(ctx, now)
+  hand_off(ctx, now, lease)
   return true
 end
 
@@ -260,7 +263,7 @@ if forced then
 else
   emit(ctx, 'released', now, with_via(ctx, raw))
 end
-hand_off(ctx, now)
+hand_off(ctx, now, lease)
 return {forced and 'forced' or 'released', raw, int(now)}
 """
 )

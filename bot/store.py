@@ -420,6 +420,14 @@ class Store:
             end = "(" + str(page[-1][0])
         return found[:count]
 
+    async def is_marked(self, kind: str, mark: str) -> bool:
+        """Whether `mark` was recorded (see `mark`)."""
+        return bool(await self._call(self._redis.exists, self.key("done", kind, mark)))
+
+    async def mark(self, kind: str, mark: str, *, ttl_s: int) -> None:
+        """Record that something was done (an announcement posted), for `ttl_s` seconds."""
+        await self._call(self._redis.set, self.key("done", kind, mark), "1", ex=ttl_s)
+
     async def ensure_event_group(self, group: str) -> None:
         """Create the consumer group that shares announcement work between replicas.
 
