@@ -323,3 +323,51 @@ async def test_lock_on_slack_is_seen_and_protected_on_mattermost(
     assert "held by Alice" in refusal["message"]
     lease = await store.get(LeaseKind.LOCK, "backend")
     assert lease is not None and lease.holder.platform == "slack"
+
+
+async def test_one_deploybot_run_serves_slack_and_mattermost(
+    fake: FakeMattermost, redis_server_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """With both platforms configured, one `deploybot run` answers on both, on one state."""
+    import os
+    import signal
+    import sys
+
+    async with FakeSlack() as slack_fake:
+        slack_fake.add_user("UALICE", "alice", "Alice")
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_server_url,
+            "DEPLOYBOT_NAMESPACE": namespace,
+            "SLACK_BOT_TOKEN": "xoxb-test",
+            "SLACK_APP_TOKEN": "xapp-test",
+            "SLACK_API_URL": slack_fake.api_url,
+            "MATTERMOST_URL": fake.url,
+            "MATTERMOST_TOKEN": BOT_TOKEN,
+        }
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "deploybot"),
+            "run",
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await slack_fake.wait_for_connections(1, timeout=20)
+            await fake.wait_for_authenticated(1, timeout=20)
+            event = slack_fake.app_mention_event(
+                user_id="UALICE", channel_id="CSLACK", text=f"<@{SLACK_BOT_ID}> lock backend"
+            )
+            await slack_fake.send_events_api(event)
+            await slack_fake.wait_for_call("chat.postMessage")
+
+            refusal = await say(fake, BOB, "@deploybot unlock backend", mentions=[BOT_USER_ID])
+            assert "held by Alice" in refusal["message"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _out, err = await asyncio.wait_for(process.communicate(), timeout=15)
+
+    assert process.returncode == 0, err.decode()
+    assert BOT_TOKEN.encode() not in err and b"xoxb-test" not in err
