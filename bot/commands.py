@@ -113,14 +113,25 @@ def parse(text: str, *, max_length: int = 4000) -> Command:
 
 Handler = Callable[[Message, list[str]], Awaitable[Reply]]
 
+# Told of every command: (command name, outcome, latency in seconds). Metrics hook in here.
+CommandObserver = Callable[[str, str, float], None]
+
 
 class CommandHandler:
     """Runs commands for every adapter; the only place chat text meets the core."""
 
-    def __init__(self, leases: LeaseService, jobs: JobService, settings: Settings) -> None:
+    def __init__(
+        self,
+        leases: LeaseService,
+        jobs: JobService,
+        settings: Settings,
+        *,
+        observer: CommandObserver | None = None,
+    ) -> None:
         self._leases = leases
         self._jobs = jobs
         self._settings = settings
+        self.observer = observer
         self._handlers: dict[str, Handler] = {
             "lock": self._lock,
             "unlock": self._unlock,
@@ -164,14 +175,17 @@ class CommandHandler:
             reply = Reply.of(text, ok=False, private=True)
             outcome = "crash"
 
+        latency = time.monotonic() - started
         log.info(
             "command platform=%s command=%s user=%s outcome=%s latency_ms=%.1f",
             message.platform,
             command_name,
             message.user_id,
             outcome,
-            (time.monotonic() - started) * 1000,
+            latency * 1000,
         )
+        if self.observer is not None:
+            self.observer(command_name, outcome, latency)
         return reply
 
     async def _lock(self, message: Message, args: list[str]) -> Reply:

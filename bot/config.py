@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     announce_lock_release: bool = True
     digest_cron: str = ""
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
+    redis_ca_file: Path | None = None
+    allowed_channels: CommaList = Field(default_factory=list)
+    allowed_users: CommaList = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(default=30, ge=0)
 
     @field_validator("namespace")
     @classmethod
@@ -136,7 +143,15 @@ class Settings(BaseSettings):
         """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
         return _valid_name(value, "namespace")
 
-    @field_validator("admins", "services", "environments", "announce_channels", mode="before")
+    @field_validator(
+        "admins",
+        "services",
+        "environments",
+        "announce_channels",
+        "allowed_channels",
+        "allowed_users",
+        mode="before",
+    )
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         """A list written as text: JSON (`["a","b"]`) or comma-separated (`a,b`)."""
