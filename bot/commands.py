@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 
 from bot.config import Settings
 from bot.durations import looks_like_duration, parses_as_duration
-from bot.errors import DeploybotError, UnknownCommand, UsageError
+from bot.errors import DeploybotError, NotAllowed, UnknownCommand, UsageError
 from bot.jobs import JobService
 from bot.leases import LeaseService
+from bot.limits import Gatekeeper
 from bot.messages import Code, Mention, Message, Part, Reply, clean_text, one_line
 from bot.model import LeaseKind, Origin
 from bot.names import suggest
@@ -127,7 +128,9 @@ class CommandHandler:
         settings: Settings,
         *,
         observer: CommandObserver | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
+        self._gatekeeper = gatekeeper
         self._leases = leases
         self._jobs = jobs
         self._settings = settings
@@ -155,6 +158,7 @@ class CommandHandler:
         command_name = "unparsed"
         message = _cleaned(message)
         try:
+            await self._admit(message)
             command = parse(message.text, max_length=self._settings.max_message_length)
             command_name = command.name
             reply = await self._handlers[command.name](message, command.args)
@@ -187,6 +191,20 @@ class CommandHandler:
         if self.observer is not None:
             self.observer(command_name, outcome, latency)
         return reply
+
+    async def _admit(self, message: Message) -> None:
+        """Refuse messages from outside the allow-lists, or over the rate limit."""
+        if self._gatekeeper is None:
+            return
+        refusal = self._gatekeeper.refusal(message)
+        if refusal:
+            raise NotAllowed(refusal)
+        if await self._gatekeeper.over_limit(message):
+            limit = self._settings.rate_limit_per_minute
+            raise NotAllowed(
+                f"Easy there: that is more than {limit} commands in a minute. "
+                "Wait a moment and try again; nothing was changed."
+            )
 
     async def _lock(self, message: Message, args: list[str]) -> Reply:
         name, rest = _require_name(args, "lock", _article_and_word(LeaseKind.LOCK))

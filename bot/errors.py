@@ -178,6 +178,12 @@ class WaitTimedOut(DeploybotError):
         )
 
 
+class NotAllowed(DeploybotError):
+    """The sender or channel is not on the allow-lists, or sent too many commands."""
+
+    exit_code = 1
+
+
 class CorruptRecord(DeploybotError):
     """A value in Redis is not what deploybot wrote (hand-edited or damaged)."""
 

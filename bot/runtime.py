@@ -14,6 +14,7 @@ from bot.config import Secrets, Settings
 from bot.embedded import EmbeddedServerError, ensure_server
 from bot.jobs import JobService
 from bot.leases import LeaseService
+from bot.limits import Gatekeeper
 from bot.store import LeasePolicy, Store, connect
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ async def open_runtime(
     leases = LeaseService(store, settings)
     jobs = JobService(store, settings)
     embedded = None if (redis_url or secrets.redis_url) else settings.resolved_data_dir()
-    commands = CommandHandler(leases, jobs, settings)
+    commands = CommandHandler(leases, jobs, settings, gatekeeper=Gatekeeper(store, settings))
     try:
         yield Runtime(settings, store, leases, jobs, commands, embedded_dir=embedded)
     finally:
