@@ -86,6 +86,9 @@ SPECS = (
 _BY_WORD = {word: spec for spec in SPECS for word in (spec.name, *spec.aliases)}
 _COMMAND_NAMES = [spec.name for spec in SPECS]
 
+# A chat `status` lists at most this many leases; `status <name>` shows any one.
+STATUS_LIMIT = 50
+
 _DURATION_HELP = "Durations look like 90s, 30m, 2h, 1h30m or 1d."
 
 
@@ -295,7 +298,7 @@ class CommandHandler:
         names = args[1:] if args and args[0] in ("locks", "envs") else args
         if len(names) > 1:
             raise UsageError("`status` takes at most one name: `status backend`.")
-        listing = await self._leases.status(names[0] if names else None)
+        listing = await self._leases.status(names[0] if names else None, limit=STATUS_LIMIT)
         parts = status_parts(self._settings, listing, kinds, bool(names))
         return Reply.of(parts, private=True)
 
@@ -348,7 +351,7 @@ class CommandHandler:
 
     async def _kind_of(self, raw_name: str) -> LeaseKind:
         """The kind a bare name means (configured lists first, then what is held)."""
-        listing = await self._leases.status()
+        listing = await self._leases.status(raw_name)
         return self._leases.kind_of(raw_name, listing.leases)
 
     async def _help(self, message: Message, args: list[str]) -> Reply:

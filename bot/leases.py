@@ -264,20 +264,13 @@ class LeaseService:
         lease = await self._store.get(kind, self.name(kind, raw_name))
         return lease, await self._store.now_ms()
 
-    async def status(self, raw_name: str | None = None) -> LeaseListing:
-        """All current leases, or those named `raw_name` (lock and claim alike)."""
-        listing = await self._store.leases()
+    async def status(
+        self, raw_name: str | None = None, *, limit: int | None = None
+    ) -> LeaseListing:
+        """Current leases (at most `limit`), or those named `raw_name` (lock and claim)."""
         if raw_name is None:
-            return listing
-        name = self._any_name(raw_name)
-        leases = [lease for lease in listing.leases if lease.name == name]
-        corrupt = [key for key in listing.corrupt if key.rsplit(":", 1)[-1] == name]
-        waiters = {
-            key: holders
-            for key, holders in listing.waiters.items()
-            if key.split(":", 1)[1] == name
-        }
-        return LeaseListing(leases, corrupt, listing.now_ms, waiters)
+            return await self._store.leases(limit=limit)
+        return await self._store.leases(name=self._any_name(raw_name))
 
     async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
         """The latest events about a name, newest first, and Redis's clock."""

@@ -142,6 +142,8 @@ def status_parts(
                 parts += ["    waiting: ", *_joined([Mention(holder) for holder in waiting]), "\n"]
         if free:
             parts += ["  free: ", ", ".join(free), "\n"]
+    if listing.more:
+        parts.append(f"…and {listing.more} more; say `status <name>` for any one of them.\n")
     if not parts:
         parts.append("Nothing by that name is locked or claimed right now.")
     return parts

@@ -886,3 +886,25 @@ def test_arbitrary_text_never_crashes_the_handler(redis_server_url: str) -> None
             answers()
         finally:
             runner.run(store.close())
+
+
+async def test_status_lists_at_most_a_page_and_says_how_many_more(
+    commands: CommandHandler, store: Store
+) -> None:
+    """With more leases than a chat page holds, status shows a page and counts the rest."""
+    from bot.commands import STATUS_LIMIT
+    from bot.model import Holder
+
+    holder = Holder("local", "alice", "alice")
+    for i in range(STATUS_LIMIT + 5):
+        await store.acquire(LeaseKind.LOCK, f"svc-{i:03d}", holder, ttl_ms=600_000)
+
+    reply = await commands.handle(Message("local", "bob", "bob", "console", "status"))
+    text = render_plain(reply.parts)
+
+    assert text.count("`svc-") == STATUS_LIMIT
+    assert "and 5 more" in text
+    one = render_plain(
+        (await commands.handle(Message("local", "b", "b", "c", "status svc-054"))).parts
+    )
+    assert "`svc-054`" in one
