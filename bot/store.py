@@ -84,6 +84,7 @@ class LeaseListing:
     corrupt: list[str]
     now_ms: int
     waiters: dict[str, list[Holder]] = field(default_factory=dict)
+    more: int = 0  # leases left out by a limit
 
 
 @dataclass(frozen=True)
@@ -346,10 +347,19 @@ class Store:
             return None
         return _parse_lease(raw, key)
 
-    async def leases(self) -> LeaseListing:
-        """Every live lease, from the index (no scan of the keyspace)."""
+    async def leases(self, *, name: str | None = None, limit: int | None = None) -> LeaseListing:
+        """Live leases from the index (no scan of the keyspace): all of them, those called
+        `name`, or the first `limit` by kind and name, so a chat `status` stays small and
+        quick however many leases exist."""
         await self.sweep_due()
-        fields = sorted(_text(f) for f in await self._call(self._redis.hkeys, self.key("leases")))
+        if name is not None:
+            fields = [f"{kind}:{name}" for kind in LeaseKind]
+        else:
+            fields = sorted(
+                _text(f) for f in await self._call(self._redis.hkeys, self.key("leases"))
+            )
+        more = max(0, len(fields) - limit) if limit is not None else 0
+        fields = fields[:limit] if limit is not None else fields
         keys = [self.key("lease", field) for field in fields]
         raws = await self._call(self._redis.mget, keys) if keys else []
         now = await self.now_ms()
@@ -362,7 +372,7 @@ class Store:
                 leases.append(_parse_lease(raw, key))
             except CorruptRecord:
                 corrupt.append(key)
-        return LeaseListing(leases, corrupt, now, await self._waitlists(leases))
+        return LeaseListing(leases, corrupt, now, await self._waitlists(leases), more)
 
     async def _waitlists(self, leases: list[Lease]) -> dict[str, list[Holder]]:
         """The waiters of each lease, read in one round trip."""
