@@ -17,13 +17,21 @@ from adapters.console import ConsoleAdapter
 from bot.announcer import Announcer
 from bot.chat import ChatPlatform
 from bot.config import Secrets
+from bot.health import Health, serving_health
 from bot.messages import Reply
+from bot.metrics import Metrics
 from bot.model import LeaseKind
 from bot.replies import status_parts
 from bot.runtime import Runtime
 from bot.timeline import Timeline
 
 log = logging.getLogger(__name__)
+
+# Shutdown budget: the three steps together stay under the 10 s an orchestrator (Kubernetes'
+# default grace is 30 s, docker stop's 10 s) gives before it kills the process.
+STOP_PLATFORMS_S = 4.0  # stop taking events; commands in progress post their replies
+STOP_SWEEP_S = 1.5  # a sweep in progress finishes
+STOP_ANNOUNCER_S = 3.5  # the announcer posts the events in hand
 
 
 class PlatformConfigError(Exception):
@@ -86,48 +94,111 @@ def _mattermost(runtime: Runtime, secrets: Secrets, zone: tzinfo | None) -> Chat
 async def run_bot(
     runtime: Runtime, secrets: Secrets, *, console_user: str, zone: tzinfo | None
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or end of console input when no platform is set up)."""
+    """Serve until SIGINT/SIGTERM (or end of console input when no platform is set up).
+
+    Health, readiness and metrics are served over HTTP alongside (see bot.health). A signal
+    starts a graceful shutdown that takes at most STOP_PLATFORMS_S + STOP_SWEEP_S +
+    STOP_ANNOUNCER_S: platforms stop taking events and answer the commands in progress, then
+    the sweep and the announcer finish what they have in hand.
+    """
+    metrics = Metrics()
+    runtime.commands.observer = metrics.observe_command
     platforms = configured_platforms(runtime, secrets, zone)
     if not platforms:
         if not sys.stdin.isatty():
             log.warning("no chat platform is configured; reading console commands from stdin")
-        await run_console(runtime, user=console_user, zone=zone)
+        console = ConsoleAdapter(runtime.commands, user=console_user, zone=zone)
+        health = Health(runtime.store, {console.platform: console})
+        metrics.watch_platforms(health.platforms)
+        async with serving_health(runtime.settings, health, metrics):
+            await _serve_console(runtime, console, zone, metrics)
         return
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    health = Health(runtime.store, {p.platform: p for p in platforms})
+    metrics.watch_platforms(health.platforms)
+    async with serving_health(runtime.settings, health, metrics):
+        await _serve_chat(runtime, platforms, zone, metrics, health)
 
+
+async def _serve_chat(
+    runtime: Runtime,
+    platforms: list[ChatPlatform],
+    zone: tzinfo | None,
+    metrics: Metrics,
+    health: Health,
+) -> None:
+    """Connect every platform and serve them until a signal or a permanent failure."""
+    stop = _stop_on_signals(signal.SIGINT, signal.SIGTERM)
     started: list[ChatPlatform] = []
     try:
         for platform in platforms:
             await _start(platform)
             started.append(platform)
         log.info("deploybot running platforms=%s", ",".join(p.platform for p in started))
-        async with time_driven(runtime, {p.platform: p for p in started}, zone):
+        by_name = {p.platform: p for p in started}
+        async with time_driven(runtime, by_name, zone, metrics=metrics):
             reason = await _first_of(stop, started)
-        log.info("shutting down reason=%s", reason)
+            log.info("shutting down reason=%s", reason)
+            health.stopping = True
+            await _stop_platforms(started)
+        log.info("deploybot stopped")
         if reason != "signal":
             raise PlatformConfigError(reason)
     finally:
-        for platform in reversed(started):
-            await platform.stop()
+        await _stop_platforms(started)
 
 
-async def run_console(runtime: Runtime, *, user: str, zone: tzinfo | None) -> None:
+async def run_console(
+    runtime: Runtime, *, user: str, zone: tzinfo | None, metrics: Metrics | None = None
+) -> None:
     """A terminal chat, with reminders and announcements printed as they happen."""
     console = ConsoleAdapter(runtime.commands, user=user, zone=zone)
-    async with time_driven(runtime, {console.platform: console}, zone):
-        await console.run()
+    await _serve_console(runtime, console, zone, metrics)
+
+
+async def _serve_console(
+    runtime: Runtime, console: ConsoleAdapter, zone: tzinfo | None, metrics: Metrics | None
+) -> None:
+    """Answer console lines until end of input, or SIGTERM (Ctrl-C keeps its usual 130).
+
+    On SIGTERM the line being read is abandoned; a command already running is cut short too,
+    which leaves Redis consistent (each change is one atomic script) but may lose its reply.
+    """
+    stop = _stop_on_signals(signal.SIGTERM)
+    async with time_driven(runtime, {console.platform: console}, zone, metrics=metrics):
+        chat = asyncio.ensure_future(console.run())
+        signalled = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([chat, signalled], return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if chat.done():
+            chat.result()  # end of input; a crash of the console is raised here
+            return
+        log.info("shutting down reason=signal")
+        chat.cancel()
+        await asyncio.wait([chat])
 
 
 @asynccontextmanager
 async def time_driven(
-    runtime: Runtime, platforms: Mapping[str, ChatPlatform], zone: tzinfo | None
+    runtime: Runtime,
+    platforms: Mapping[str, ChatPlatform],
+    zone: tzinfo | None,
+    *,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Announcer]:
-    """The sweep and the announcer, for as long as the bot serves; stopped gracefully."""
-    announcer = Announcer(runtime.store, runtime.settings, platforms)
+    """The sweep and the announcer, for as long as the bot serves; stopped gracefully.
+
+    On the way out a sweep in progress finishes (each batch is one atomic script anyway),
+    then the announcer finishes the events in hand. Events it read but could not post in
+    time stay unacknowledged in the stream, and a deploybot started later (or another
+    replica) takes them over, so nothing is lost.
+    """
+    announcer = Announcer(
+        runtime.store,
+        runtime.settings,
+        platforms,
+        observer=metrics.observe_delivery if metrics else None,
+    )
     timeline = Timeline(
         runtime.store,
         runtime.settings,
@@ -140,10 +211,13 @@ async def time_driven(
     try:
         yield announcer
     finally:
-        await timeline.stop()
+        try:
+            await asyncio.wait_for(timeline.stop(), timeout=STOP_SWEEP_S)
+        except TimeoutError:
+            log.warning("sweep did not finish in time; its batch is atomic, so it ran or not")
         await announcer.stop()
         try:
-            await asyncio.wait_for(task, timeout=5)
+            await asyncio.wait_for(task, timeout=STOP_ANNOUNCER_S)
         except TimeoutError:
             log.warning("announcer did not finish in time; unannounced events stay queued")
 
@@ -171,6 +245,37 @@ async def _first_of(stop: asyncio.Event, platforms: list[ChatPlatform]) -> str:
     if signalled in done:
         return "signal"
     return str(next(iter(done)).result())
+
+
+def _stop_on_signals(*signals: signal.Signals) -> asyncio.Event:
+    """An event set by the first of `signals`; a second one gets the default, hard stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first_signal() -> None:
+        stop.set()
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, first_signal)
+    return stop
+
+
+async def _stop_platforms(platforms: list[ChatPlatform]) -> None:
+    """Stop each platform (no new events, in-flight commands answered, disconnected).
+
+    The whole takes at most STOP_PLATFORMS_S, so the process exits within its budget even
+    when a command hangs; stopped platforms are removed from the list.
+    """
+    deadline = asyncio.get_running_loop().time() + STOP_PLATFORMS_S
+    while platforms:
+        platform = platforms.pop()
+        left = max(0.1, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(platform.stop(), timeout=left)
+        except TimeoutError:
+            log.warning("platform did not stop in time platform=%s", platform.platform)
 
 
 async def _start(platform: ChatPlatform) -> None:

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from bot.chat import ChatPlatform
 from bot.config import Settings
 from bot.durations import format_span
-from bot.errors import StoreUnavailable
+from bot.errors import DeploybotError, StoreUnavailable
 from bot.messages import Code, Mention, Part, Reply, When
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.store import Store
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 GROUP = "announcer"
 LATE_AFTER_MS = 10_000
 SEEN_TTL_S = 86_400
+
+# Told of every post attempt: (event type, platform, posted without error). Metrics hook in.
+DeliveryObserver = Callable[[str, str, bool], None]
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,14 @@ class Announcer:
         platforms: Mapping[str, ChatPlatform],
         *,
         consumer: str | None = None,
+        observer: DeliveryObserver | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._platforms = platforms
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
+        self._observer = observer
         self.delivered = 0
 
     async def run(self) -> None:
@@ -98,6 +103,9 @@ class Announcer:
                 await self._handle(await self._store.read_events(GROUP, self._consumer))
             except StoreUnavailable:
                 await asyncio.sleep(1)
+            except DeploybotError as error:  # e.g. the stream key overwritten by hand
+                log.warning("announcer paused: %s", error)
+                await asyncio.sleep(5)
 
     async def stop(self) -> None:
         """Finish the batch in hand, then return from `run()`."""
@@ -140,6 +148,7 @@ class Announcer:
             else:
                 await platform.post(delivery.target, delivery.reply, thread=delivery.thread)
             self.delivered += 1
+            self._observe(event, delivery, posted=True)
             log.info(
                 "announced event=%s kind=%s name=%s platform=%s direct=%s",
                 event.type,
@@ -149,9 +158,14 @@ class Announcer:
                 delivery.direct,
             )
         except Exception:
+            self._observe(event, delivery, posted=False)
             log.exception(
                 "announcement failed event=%s platform=%s", event.type, delivery.platform
             )
+
+    def _observe(self, event: Event, delivery: Delivery, *, posted: bool) -> None:
+        if self._observer is not None:
+            self._observer(event.type, delivery.platform, posted)
 
 
 def _lease_of(event: Event) -> Lease | None:

@@ -23,6 +23,7 @@ import click
 from bot.config import ConfigError, Secrets, Settings, load_settings
 from bot.embedded import EmbeddedServerError, server_running, stop_server
 from bot.errors import DeploybotError, StoreUnavailable
+from bot.logs import configure_logging
 from bot.messages import Part, When, clean_text
 from bot.model import Holder, LeaseKind, Origin
 from bot.render import render_plain, resolve_zone
@@ -118,22 +119,30 @@ def pass_context(func: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("--redis-url", help="Redis to use (default: $REDIS_URL, else the embedded server).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level to stderr.")
+@click.option(
+    "--log-json", is_flag=True, help="Log JSON lines to stderr (same as log_format: json)."
+)
 @click.pass_context
 def cli(
-    click_ctx: click.Context, config_path: Path | None, redis_url: str | None, verbose: bool
+    click_ctx: click.Context,
+    config_path: Path | None,
+    redis_url: str | None,
+    verbose: bool,
+    log_json: bool,
 ) -> None:
     """deploybot: deploy locks, staging claims and job statuses, shared with chat."""
-    # One-shot commands report their own failures; the long-running ones also log warnings.
-    quiet_level = logging.WARNING if click_ctx.invoked_subcommand == "run" else logging.ERROR
-    logging.basicConfig(
-        level=logging.INFO if verbose else quiet_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
         settings = load_settings(config_path)
     except ConfigError as error:
         fail(str(error), EXIT_USAGE)
+
+    # One-shot commands report their own failures; the long-running ones also log warnings.
+    quiet_level = logging.WARNING if click_ctx.invoked_subcommand == "run" else logging.ERROR
+    configure_logging(
+        level=logging.INFO if verbose else quiet_level,
+        json_format=log_json or settings.log_format == "json",
+        stream=sys.stderr,
+    )
     click_ctx.obj = Context(settings, redis_url)
 
 

@@ -199,6 +199,21 @@ class CorruptRecord(DeploybotError):
         )
 
 
+class CorruptState(DeploybotError):
+    """A deploybot key holds the wrong kind of value (changed by hand), e.g. a string where
+    a hash belongs; the operation was refused before changing anything."""
+
+    exit_code = 1
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        super().__init__(
+            "Part of deploybot's state in Redis holds the wrong kind of value (a key under "
+            f"{prefix} was changed by hand), so I changed nothing. An admin should inspect "
+            "or delete that key."
+        )
+
+
 class StoreUnavailable(DeploybotError):
     """Redis could not be reached or answered with an error; nothing was changed."""
 

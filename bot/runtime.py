@@ -70,9 +70,8 @@ async def open_runtime(
     """Build the services for one process and close the connections afterwards."""
     url = await resolve_redis_url(settings, secrets, redis_url)
     password = secrets.redis_password.get_secret_value() if secrets.redis_password else None
-    store = Store(
-        connect(url, password=password), namespace=settings.namespace, policy=policy_of(settings)
-    )
+    client = connect(url, password=password, ca_file=settings.redis_ca_file)
+    store = Store(client, namespace=settings.namespace, policy=policy_of(settings))
     leases = LeaseService(store, settings)
     jobs = JobService(store, settings)
     embedded = None if (redis_url or secrets.redis_url) else settings.resolved_data_dir()

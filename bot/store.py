@@ -22,20 +22,30 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    ClusterError,
     InvalidResponse,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
 )
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -45,7 +55,15 @@ from redis.exceptions import (
 )
 
 from bot import scripts
-from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable, UsageError
+from bot.errors import (
+    CorruptRecord,
+    CorruptState,
+    LeaseHeld,
+    NotHeld,
+    NotHolder,
+    StoreUnavailable,
+    UsageError,
+)
 from bot.model import Event, Holder, Job, Lease, LeaseKind, Origin
 
 log = logging.getLogger(__name__)
@@ -61,8 +79,42 @@ _UNAVAILABLE = (
     ReadOnlyError,
     AuthenticationError,
     InvalidResponse,
+    ClusterError,
     OSError,
 )
+
+_EXAMPLES = (
+    "redis://host:6379/0, rediss://host:6380/0, unix:///path/to/redis.sock, "
+    "redis+sentinel://host1:26379,host2:26379/mymaster or redis+cluster://host1:6379,host2:6379"
+)
+_PLAIN_SCHEMES = ("redis", "rediss", "unix")
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_SENTINEL_PORT = 26379
+POOL_SIZE = 64
+POOL_WAIT_S = 5.0
+_REDIS_PORT = 6379
+
+# Query options that would switch certificate checks off. redis-py lets options in the URL
+# override what deploybot passes, so they are refused rather than silently obeyed.
+_UNVERIFIED_TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname")
+
+# Timeouts short enough that an outage is reported, not waited out; the same for every form.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 5,
+    "health_check_interval": 30,
+}
+
+RedisClient = aioredis.Redis | RedisCluster
+
+# How far down a chain of wrapped exceptions to look for the TLS error behind them.
+_MAX_CAUSES = 10
+
+# How long a Sentinel client stops asking the sentinels where the master is after none
+# answered (see _FollowingMasterPool).
+_SENTINEL_QUIET_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -134,7 +186,7 @@ class Store:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         namespace: str,
         events_max: int | None = None,
@@ -158,7 +210,7 @@ class Store:
         self._list_jobs = client.register_script(scripts.LIST_JOBS)
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         """The underlying client, for health checks and tests."""
         return self._redis
 
@@ -174,7 +226,7 @@ class Store:
         """Whether Redis answers right now."""
         try:
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             return False
 
     async def now_ms(self) -> int:
@@ -595,30 +647,185 @@ class Store:
             if "unknown command" in text.lower():
                 log.warning("state store lacks a command; not a Redis 6.2+ server?")
                 raise StoreUnavailable("the server is not a Redis 6.2+ compatible one") from error
+            if "WRONGTYPE" in text:
+                log.warning(
+                    "a deploybot key holds the wrong type of value namespace=%s", self._prefix
+                )
+                raise CorruptState(self._prefix) from error
             raise
+        except RedisClusterException as error:
+            why = _cluster_failure(error)
+            if why is None:
+                raise
+            log.warning("state store unavailable reason=%s", why)
+            raise StoreUnavailable(why) from error
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A Sentinel or Cluster Redis URL taken apart. Passwords stay out of its repr."""
+
+    kind: Literal["sentinel", "cluster"]
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
 
 
 def check_redis_url(url: str) -> None:
     """Refuse a Redis URL that cannot work, saying what one looks like (no secrets shown)."""
-    example = "redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock"
+    if _scheme(url) in (*_SENTINEL_SCHEMES, *_CLUSTER_SCHEMES):
+        parse_topology_url(url)
+        return
+
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise UsageError(f"The Redis URL is malformed; use one like {example}.") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        scheme = parts.scheme or "none"
-        raise UsageError(f"The Redis URL's scheme is {scheme!r}; use one like {example}.")
+        raise _bad_url("is malformed") from None
+    if parts.scheme not in _PLAIN_SCHEMES:
+        raise _bad_url(f"has the scheme {parts.scheme or 'none'!r}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise UsageError(f"The Redis URL names no host; use one like {example}.")
+        raise _bad_url("names no host")
     if port == 0:
-        raise UsageError(f"The Redis URL's port must be 1-65535; use one like {example}.")
+        raise _bad_url("has port 0; the port must be 1-65535")
+    unverified = sorted(set(parse_qs(parts.query)) & set(_UNVERIFIED_TLS_OPTIONS))
+    if unverified:
+        raise UsageError(
+            f"The Redis URL sets {unverified[0]}, but deploybot always verifies the server's "
+            "TLS certificate and host name. Remove it; for a server signed by your own CA, "
+            "set redis_ca_file."
+        )
+
+
+def parse_topology_url(url: str) -> Topology:
+    """Take a redis+sentinel:// or redis+cluster:// URL apart, refusing a malformed one.
+
+    The form is `SCHEME://[[user]:password@]host[:port],host[:port].../PATH[?OPTIONS]`, with
+    `PATH` = `service[/db]` for Sentinel (whose password applies to the master; the
+    sentinels' own comes from `?sentinel_password=`) and nothing or `0` for Cluster. The
+    standard library reads no list of hosts, so it is split here.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _bad_url("is malformed") from None
+    sentinel = parts.scheme in _SENTINEL_SCHEMES
+    userinfo, _, host_list = parts.netloc.rpartition("@")
+    username, password = _credentials(userinfo)
+    default_port = _SENTINEL_PORT if sentinel else _REDIS_PORT
+    hosts = tuple(_host_and_port(address, default_port) for address in host_list.split(","))
+    options = _options(parts.query, allowed=("sentinel_password",) if sentinel else ())
+
+    if sentinel:
+        service, db = _service_and_db(parts.path)
+    else:
+        service, db = "", _cluster_db(parts.path)
+    return Topology(
+        kind="sentinel" if sentinel else "cluster",
+        tls=parts.scheme.startswith("rediss"),
+        hosts=hosts,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def _scheme(url: str) -> str:
+    scheme, separator, _ = url.partition("://")
+    return scheme.lower() if separator else ""
+
+
+def _bad_url(problem: str) -> UsageError:
+    return UsageError(f"The Redis URL {problem}; use one like {_EXAMPLES}.")
+
+
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    """User name and password from `user:password`; a lone word is a user name (as redis-py)."""
+    user, colon, secret = userinfo.partition(":")
+    if not colon:
+        return unquote(user) or None, None
+    return unquote(user) or None, unquote(secret) or None
+
+
+def _host_and_port(address: str, default_port: int) -> tuple[str, int]:
+    """One `host[:port]` of the host list ([...] around an IPv6 address).
+
+    The address is not echoed in errors: a password with an unescaped `/` or `@` would end
+    up here.
+    """
+    what = "host list (host:port, separated by commas)"
+    try:
+        parts = urlsplit("//" + address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise _bad_url(f"has a malformed address in its {what}") from None
+    if not host:
+        raise _bad_url(f"has an empty entry in its {what}")
+    if port == 0:
+        raise _bad_url("has port 0; the port must be 1-65535")
+    return host, port or default_port
+
+
+def _options(query: str, *, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The URL's `?name=value` options, refusing any this form does not take."""
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = "only " + ", ".join(allowed) if allowed else "no options"
+        raise UsageError(
+            f"The Redis URL has the option {unknown[0]!r}, which deploybot does not know; "
+            f"this form takes {takes}."
+        )
+    return {name: values[-1] for name, values in options.items()}
+
+
+def _service_and_db(path: str) -> tuple[str, int]:
+    """`/service[/db]` of a Sentinel URL."""
+    segments = [unquote(segment) for segment in path.strip("/").split("/") if segment]
+    if not segments:
+        raise _bad_url("names no Sentinel service (the monitored master's name, /mymaster)")
+    if len(segments) > 2:
+        raise _bad_url("has more than /service/db after the host list")
+    if len(segments) == 1:
+        return segments[0], 0
+    return segments[0], _db_number(segments[1])
+
+
+def _cluster_db(path: str) -> int:
+    """A Cluster has only database 0; the URL may say so or say nothing."""
+    text = path.strip("/")
+    if text not in ("", "0"):
+        raise _bad_url("names a database, but a Redis Cluster has only database 0")
+    return 0
+
+
+def _db_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise _bad_url("has a database that is not a number (/mymaster/0)")
+    return int(text)
 
 
 def _reason(error: Exception) -> str:
     """A short, secret-free account of why Redis could not be used."""
+    tls = _tls_failure(error)
+    if tls:
+        return tls
     if isinstance(error, AuthenticationError):
         return "the password was refused"
+    if isinstance(error, MasterNotFoundError):
+        if isinstance(error.__cause__, AuthenticationError):
+            return "the sentinels refused the password (sentinel_password in the URL)"
+        if error.__cause__ is not None:
+            return "no sentinel could be reached"
+        return "Sentinel names no reachable master; a failover may be under way"
+    if isinstance(error, ClusterError):
+        return "the cluster is down or being reconfigured"
     if isinstance(error, InvalidResponse):
         return "the server does not speak the Redis protocol"
     if isinstance(error, RedisTimeoutError | TimeoutError):
@@ -630,16 +837,210 @@ def _reason(error: Exception) -> str:
     return "could not connect"
 
 
-def connect(url: str, *, password: str | None = None) -> aioredis.Redis:
-    """A client for `url` with short timeouts, so an outage is reported, not waited out."""
+def _cluster_failure(error: RedisClusterException) -> str | None:
+    """Why a Cluster cannot serve, or None when the error is a bug in how it was called.
+
+    redis-py raises RedisClusterException both for a cluster it cannot reach or whose slot
+    map is incomplete, and for commands it cannot route; only the former is an outage.
+    """
+    text = str(error)
+    if "Cluster mode is not enabled" in text:
+        return "the server is not a cluster; use redis:// for a single server"
+    if isinstance(error, SlotNotCoveredError) or "not covered" in text or "agree" in text:
+        return "the cluster is down or being reconfigured"
+    if isinstance(error.__cause__, RedisError | OSError):
+        return _reason(error.__cause__)
+    return None
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """Why the TLS handshake failed, when that is why connecting failed.
+
+    redis-py reports it as a plain ConnectionError; the ssl error is its context.
+    """
+    cause: BaseException | None = error
+    for _ in range(_MAX_CAUSES):
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                "its TLS certificate could not be verified: unknown CA or wrong host name; "
+                "set redis_ca_file to the CA that signed it"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return "the TLS handshake failed"
+        cause = cause.__cause__ or cause.__context__
+    if "CERTIFICATE_VERIFY_FAILED" in str(error):
+        return "its TLS certificate could not be verified"
+    return None
+
+
+def connect(url: str, *, password: str | None = None, ca_file: Path | None = None) -> RedisClient:
+    """A client for `url` with short timeouts, so an outage is reported, not waited out.
+
+    Every form with TLS (`rediss`, `rediss+sentinel`, `rediss+cluster`) verifies the
+    server's certificate and host name, against `ca_file` when given (a private CA), else
+    the system's CAs. A password in the URL wins over `password`.
+    """
     check_redis_url(url)
-    return aioredis.Redis.from_url(
+    scheme = _scheme(url)
+    tls = scheme.startswith("rediss")
+    if ca_file is not None and not tls:
+        log.warning("redis_ca_file is set, but the Redis URL does not use TLS (rediss)")
+    if tls and ca_file is not None and not ca_file.is_file():
+        raise UsageError(f"redis_ca_file {ca_file} is not a file; it must be the CA's PEM file.")
+
+    tls_options = _tls_options(ca_file) if tls else {}
+    if scheme in _SENTINEL_SCHEMES:
+        return _sentinel_master(parse_topology_url(url), password, tls_options)
+    if scheme in _CLUSTER_SCHEMES:
+        return _cluster(parse_topology_url(url), password, tls_options)
+    # A pool that makes a burst of commands wait for a free connection, instead of failing
+    # them with "too many connections" (which users would be told is an outage).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         password=password,
-        decode_responses=True,
-        socket_connect_timeout=3,
-        socket_timeout=5,
-        health_check_interval=30,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
+        **_CLIENT_OPTIONS,
+        **tls_options,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _tls_options(ca_file: Path | None) -> dict[str, Any]:
+    """Verified TLS: certificate required, host name checked."""
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": str(ca_file) if ca_file else None,
+    }
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The master's client from Sentinel; closing it closes the sentinel connections too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()
+
+
+class _FollowingMasterPool(SentinelConnectionPool):
+    """A Sentinel pool that notices a failover while its connections are still open.
+
+    redis-py asks the sentinels only when it opens a connection. After a failover the old
+    master keeps serving open connections until Sentinel demotes it, seconds later, and every
+    write it takes meanwhile is lost when it resyncs from the new master. So before handing
+    out a connection this pool asks the sentinels again (one small query) and reconnects a
+    connection that points at the old master.
+    """
+
+    _quiet_until = float("-inf")
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        await self._check_master()
+        # redis-py leaves its pools unannotated.
+        connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        try:
+            address = (connection.host, connection.port)
+            if self.master_address and connection.is_connected and address != self.master_address:
+                await connection.disconnect()
+                await connection.connect()
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def get_master_address(self) -> Any:
+        """The master's address; when no sentinel names one, say why if a sentinel can."""
+        try:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+        except MasterNotFoundError as error:
+            cause = await self._sentinel_failure()
+            if cause is None:
+                raise
+            raise MasterNotFoundError(str(error)) from cause
+
+    async def _sentinel_failure(self) -> Exception | None:
+        """Why no sentinel can be asked (unreachable, password, TLS), or None if one can.
+
+        redis-py's MasterNotFoundError keeps only the type of each sentinel's error, so the
+        sentinels are asked for a PING to learn the rest.
+        """
+        failure: Exception | None = None
+        for sentinel in self.sentinel_manager.sentinels:
+            try:
+                await sentinel.ping()
+            except (RedisError, OSError) as error:
+                failure = failure or error
+            else:
+                return None
+        return failure
+
+    async def _check_master(self) -> None:
+        """Refresh the master's address (dropping idle connections when it moved).
+
+        When no sentinel answers, the connection itself will tell whether Redis works, and
+        asking again is skipped for a while, so unreachable sentinels do not slow every
+        command by their connect timeout.
+        """
+        if time.monotonic() < self._quiet_until:
+            return
+        try:
+            await self.get_master_address()
+        except (RedisError, OSError):
+            self._quiet_until = time.monotonic() + _SENTINEL_QUIET_S
+            log.debug("sentinels named no master; not asking again for %ss", _SENTINEL_QUIET_S)
+
+
+def _sentinel_master(
+    topology: Topology, password: str | None, tls_options: dict[str, Any]
+) -> aioredis.Redis:
+    """A client that asks the sentinels which server is the master, and follows failovers.
+
+    Connections to a demoted master are dropped (it answers READONLY, or the pool notices
+    the switch) and the next connection goes to the server the sentinels now name.
+    """
+    secure: dict[str, Any] = {"ssl": True, **tls_options} if tls_options else {}
+    # redis-py leaves Sentinel's constructor unannotated.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(topology.hosts),
+        sentinel_kwargs={
+            "password": topology.sentinel_password,
+            "socket_connect_timeout": _CLIENT_OPTIONS["socket_connect_timeout"],
+            "socket_timeout": _CLIENT_OPTIONS["socket_timeout"],
+            # Finding the master already moves on to the next sentinel; retrying one that
+            # is down would only delay that.
+            "retry": Retry(NoBackoff(), 0),
+            **secure,
+        },
+    )
+    client: aioredis.Redis = sentinel.master_for(
+        topology.service,
+        redis_class=_SentinelMaster,
+        connection_pool_class=_FollowingMasterPool,
+        username=topology.username,
+        password=topology.password or password,
+        db=topology.db,
+        **_CLIENT_OPTIONS,
+        **secure,
+    )
+    return client
+
+
+def _cluster(
+    topology: Topology, password: str | None, tls_options: dict[str, Any]
+) -> RedisCluster:
+    """A Cluster client that learns the slot map from any of the listed nodes."""
+    secure: dict[str, Any] = {"ssl": True, **tls_options} if tls_options else {}
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in topology.hosts],
+        username=topology.username,
+        password=topology.password or password,
+        **_CLIENT_OPTIONS,
+        **secure,
     )
 
 

@@ -19,7 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import Settings
-from bot.errors import StoreUnavailable
+from bot.errors import DeploybotError, StoreUnavailable
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class Timeline:
                 if not self._store_down:
                     log.warning("timeline: state store unavailable; will retry each tick")
                 self._store_down = True
+            except DeploybotError as error:  # e.g. the timeline key overwritten by hand
+                log.warning("timeline: sweep refused: %s", error)
                 await self._try_recovery()
 
     async def _try_recovery(self) -> None:

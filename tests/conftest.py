@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,6 +17,10 @@ from bot.config import Settings
 from bot.jobs import JobService
 from bot.leases import LeaseService
 from bot.store import Store, connect
+
+# `deploybot run` started by tests must not take the default HTTP port 8080 (tests that
+# check the HTTP server choose their own port).
+os.environ.setdefault("DEPLOYBOT_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -18,26 +18,34 @@ _READY_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.02
 
 
-def start_test_server(tmp_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a server that keeps nothing on disk; return its process and redis:// URL.
+def start_test_server(
+    tmp_dir: Path, *, port: int | None = None, persistent: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server on 127.0.0.1; return its process and redis:// URL.
+
+    By default it keeps nothing on disk and listens on a free port. `persistent` turns on
+    append-only persistence in `tmp_dir`, and `port` asks for a given port: together they
+    restart a stopped server with its data where clients expect it.
 
     The OS names a free port, but another process can take it before the server binds. The
-    server then exits (or a stranger answers on the port), and we retry with a fresh port.
+    server then exits (or a stranger answers on the port), and we retry with a fresh port;
+    a port that was asked for is tried once.
     """
     binary = find_server_binary()
-    for _ in range(_BIND_ATTEMPTS):
-        port = _free_port()
+    attempts = 1 if port is not None else _BIND_ATTEMPTS
+    for _ in range(attempts):
+        chosen = port if port is not None else _free_port()
         process = subprocess.Popen(
-            _server_args(binary, tmp_dir, port),
+            _server_args(binary, tmp_dir, chosen, persistent=persistent),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if _wait_until_ours(process, port):
-            return process, f"redis://127.0.0.1:{port}/0"
+        if _wait_until_ours(process, chosen):
+            return process, f"redis://127.0.0.1:{chosen}/0"
         stop_test_server(process)
 
-    msg = f"No test server started in {_BIND_ATTEMPTS} attempts; see the logs in {tmp_dir}."
+    msg = f"No test server started in {attempts} attempt(s); see the logs in {tmp_dir}."
     raise RuntimeError(msg)
 
 
@@ -58,12 +66,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_args(binary: str, tmp_dir: Path, port: int) -> list[str]:
-    """Command line for a foreground server on 127.0.0.1 without any persistence."""
+def _server_args(binary: str, tmp_dir: Path, port: int, *, persistent: bool) -> list[str]:
+    """Command line for a foreground server on 127.0.0.1, append-only when `persistent`."""
     return [
         binary,
         *("--bind", "127.0.0.1", "--port", str(port)),
-        *("--save", "", "--appendonly", "no"),
+        *("--save", "", "--appendonly", "yes" if persistent else "no"),
         *("--dir", str(tmp_dir), "--logfile", str(tmp_dir / f"server-{port}.log")),
     ]
 

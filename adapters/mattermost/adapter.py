@@ -108,6 +108,8 @@ class MattermostAdapter:
         self._listener: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
+        self._ever_connected = False
+        self.reconnects = 0
         self._failure: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     @property
@@ -215,8 +217,11 @@ class MattermostAdapter:
             log.error("mattermost stopped: token refused")
 
     def _on_state(self, up: bool, reason: str) -> None:
-        """Track the connection for `connected` and log each change with its reason."""
+        """Track the connection for `connected` and `reconnects`; log each change and why."""
         if up:
+            if self._ever_connected and not self._connected.is_set():
+                self.reconnects += 1
+            self._ever_connected = True
             self._connected.set()
         else:
             self._connected.clear()

@@ -10,11 +10,15 @@ a second replica receiving the same event does nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from typing import Any
 
+import aiohttp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -40,8 +44,12 @@ from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+Listener = Callable[..., Awaitable[None]]
+
 DISPLAY_NAME_TTL_S = 3600
 SEEN_TTL_S = 3600
+# How long stop() lets commands already being handled finish and post their replies.
+STOP_GRACE_S = 3.0
 
 
 class SlackConfigError(Exception):
@@ -73,10 +81,16 @@ class SlackAdapter:
         self._zone = zone
         self._names: dict[str, tuple[str, float]] = {}
         self._bot_user_id: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._sessions = 0
 
+        # One HTTP session for every Web API call: without it slack_sdk opens a connection
+        # (and a TLS handshake, against real Slack) per call.
+        self._session = aiohttp.ClientSession()
         self.client = AsyncWebClient(
             token=bot_token,
             base_url=_api_base(api_url),
+            session=self._session,
             retry_handlers=[
                 AsyncRateLimitErrorRetryHandler(max_retry_count=3),
                 AsyncConnectionErrorRetryHandler(max_retry_count=2),
@@ -90,6 +104,7 @@ class SlackAdapter:
             logger=logging.getLogger("adapters.slack.socket"),
             ping_interval=ping_interval,
         )
+        self.handler.client.on_message_listeners.append(self._count_sessions)
         self.handler.client.on_message_listeners.append(self._log_disconnects)
         self.handler.client.on_close_listeners.append(self._log_close)
 
@@ -99,16 +114,35 @@ class SlackAdapter:
         session = self.handler.client.current_session
         return session is not None and not session.closed
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the Socket Mode connection was re-established since start."""
+        return max(0, self._sessions - 1)
+
     async def start(self) -> None:
         """Check the bot token, then open the Socket Mode connection."""
         try:
+            await self._connect()
+        except BaseException:
+            await self._session.close()
+            raise
+        log.info("slack connected bot_user=%s", self._bot_user_id)
+
+    async def _connect(self) -> None:
+        """auth.test, then Socket Mode; refusals and unreachable Slack become clear errors."""
+        try:
             identity = await self.client.auth_test()
+            self._bot_user_id = str(identity.get("user_id") or "")
         except SlackApiError as error:
             raise SlackConfigError(
                 f"Slack refused the bot token ({error.response.get('error')}); "
                 "check SLACK_BOT_TOKEN."
             ) from None
-        self._bot_user_id = str(identity.get("user_id") or "")
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise SlackConfigError(
+                f"Cannot reach Slack's Web API ({type(error).__name__}); check the network, "
+                "or SLACK_API_URL if you set it."
+            ) from None
         try:
             await self.handler.connect_async()  # type: ignore[no-untyped-call]
         except SlackApiError as error:
@@ -116,11 +150,25 @@ class SlackAdapter:
                 f"Slack refused the app token ({error.response.get('error')}); check "
                 "SLACK_APP_TOKEN and that Socket Mode is on for the app."
             ) from None
-        log.info("slack connected bot_user=%s", self._bot_user_id)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise SlackConfigError(
+                f"Cannot open Slack's Socket Mode connection ({type(error).__name__})."
+            ) from None
 
     async def stop(self) -> None:
-        """Close the Socket Mode connection."""
+        """Stop taking events, let commands in progress post their replies, disconnect.
+
+        Replies go over the Web API, not the socket, so they can still be posted after it
+        closed. An event received but not yet acknowledged is redelivered by Slack to the
+        next connection, and the de-duplication key keeps it from running twice.
+        """
         await self.handler.close_async()  # type: ignore[no-untyped-call]
+        if self._in_flight:
+            log.info("slack finishing commands in_flight=%s", len(self._in_flight))
+            _done, late = await asyncio.wait(self._in_flight, timeout=STOP_GRACE_S)
+            if late:
+                log.warning("slack stopped with commands unfinished count=%s", len(late))
+        await self._session.close()
         log.info("slack disconnected")
 
     async def failure(self) -> str:
@@ -130,12 +178,13 @@ class SlackAdapter:
 
     async def post(self, channel: str, reply: Reply, *, thread: str | None = None) -> None:
         """Post a reply in a channel, in a thread when given; API errors are logged."""
+        text = render_mrkdwn(reply.parts, self._zone)
         await self._api(
             "chat.postMessage",
             channel=channel,
             thread_ts=thread,
-            text=render_mrkdwn(reply.parts, self._zone),
-            blocks=blocks_for(reply, self._zone),
+            text=text,
+            blocks=blocks_for(reply, self._zone, text=text),
         )
 
     async def send_direct(self, user_id: str, reply: Reply) -> None:
@@ -147,28 +196,34 @@ class SlackAdapter:
 
     def _register(self) -> None:
         """Wire bolt listeners; each acks first (bolt acks events itself)."""
-        self.app.event("app_mention")(self._on_mention)
-        self.app.event("message")(self._on_message)
-        self.app.command("/deploy")(self._on_command)
-        self.app.action(EXTEND_ACTION)(self._on_button)
-        self.app.action(RELEASE_ACTION)(self._on_button)
+        self.app.event("app_mention")(self._tracked(self._on_mention))
+        self.app.event("message")(self._tracked(self._on_message))
+        self.app.command("/deploy")(self._tracked(self._on_command))
+        self.app.action(EXTEND_ACTION)(self._tracked(self._on_button))
+        self.app.action(RELEASE_ACTION)(self._tracked(self._on_button))
         self.app.error(self._on_error)
+
+    def _tracked(self, listener: Listener) -> Listener:
+        """`listener`, with its task known to stop() until it has answered."""
+
+        @functools.wraps(listener)
+        async def tracked(*args: Any, **kwargs: Any) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                await listener(*args, **kwargs)
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+
+        return tracked
 
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """`@deploybot <command>` in a channel: answer there, in the thread if there was one."""
         if _from_bot(event) or event.get("subtype"):
             return
-        text = self._without_bot_mention(str(event.get("text", "")))
-        reply = await self._handle(
-            user_id=str(event.get("user", "")),
-            channel=str(event.get("channel", "")),
-            text=text,
-            thread=event.get("thread_ts"),
-            direct=False,
-            dedup_id=f"event:{body.get('event_id') or event.get('ts')}",
-        )
-        if reply is not None:
-            await self.post(str(event["channel"]), reply, thread=event.get("thread_ts"))
+        await self._answer_event(event, body, direct=False)
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """Any message in a DM with the bot is a command; everything else is ignored.
@@ -178,13 +233,18 @@ class SlackAdapter:
         """
         if event.get("channel_type") != "im" or event.get("subtype") or _from_bot(event):
             return
-        text = self._without_bot_mention(str(event.get("text", "")))
+        await self._answer_event(event, body, direct=True)
+
+    async def _answer_event(
+        self, event: dict[str, Any], body: dict[str, Any], *, direct: bool
+    ) -> None:
+        """Run the command in a message event and post the reply where it was asked."""
         reply = await self._handle(
             user_id=str(event.get("user", "")),
             channel=str(event.get("channel", "")),
-            text=text,
+            text=self._without_bot_mention(str(event.get("text", ""))),
             thread=event.get("thread_ts"),
-            direct=True,
+            direct=direct,
             dedup_id=f"event:{body.get('event_id') or event.get('ts')}",
         )
         if reply is not None:
@@ -326,10 +386,11 @@ class SlackAdapter:
         self, respond: Any, reply: Reply, visibility: str, replace: bool = False
     ) -> None:
         """Answer through the request's response_url (no channel membership needed)."""
+        text = render_mrkdwn(reply.parts, self._zone)
         try:
             await respond(
-                text=render_mrkdwn(reply.parts, self._zone),
-                blocks=blocks_for(reply, self._zone),
+                text=text,
+                blocks=blocks_for(reply, self._zone, text=text),
                 response_type=visibility,
                 replace_original=replace,
             )
@@ -365,6 +426,13 @@ class SlackAdapter:
         if isinstance(data, str) and '"disconnect"' in data:
             log.info("slack reconnecting reason=disconnect message=%s", data[:200])
 
+    async def _count_sessions(self, message: Any) -> None:
+        """Slack greets every new connection with `hello`; each one after the first is a
+        reconnect."""
+        data = getattr(message, "data", "")
+        if isinstance(data, str) and '"hello"' in data and _message_type(data) == "hello":
+            self._sessions += 1
+
     async def _log_close(self, message: Any) -> None:
         log.info("slack socket closed; reconnecting")
 
@@ -372,6 +440,15 @@ class SlackAdapter:
 def _from_bot(event: dict[str, Any]) -> bool:
     """Whether an event came from a bot (ours or another), which we never answer."""
     return bool(event.get("bot_id") or event.get("subtype") == "bot_message")
+
+
+def _message_type(data: str) -> str | None:
+    """The `type` of a Socket Mode message, or None when it is not a JSON object."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    return str(message.get("type")) if isinstance(message, dict) else None
 
 
 def _api_base(api_url: str | None) -> str:

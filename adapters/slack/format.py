@@ -66,9 +66,12 @@ def parse_button_value(value: str) -> tuple[LeaseKind, str, int] | None:
         return None
 
 
-def blocks_for(reply: Reply, zone: tzinfo | None = None) -> list[dict[str, Any]]:
-    """A section with the text, and Extend/Release buttons for the lease the reply is about."""
-    text = render_mrkdwn(reply.parts, zone) or " "
+def blocks_for(
+    reply: Reply, zone: tzinfo | None = None, *, text: str | None = None
+) -> list[dict[str, Any]]:
+    """A section with the text (rendered here unless given), and Extend/Release buttons for
+    the lease the reply is about."""
+    text = (text if text is not None else render_mrkdwn(reply.parts, zone)) or " "
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
     ]

@@ -1,0 +1,30 @@
+"""Values of the wrong type written by hand into deploybot's keys are reported, not fatal."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.commands import CommandHandler
+from bot.messages import Message
+from bot.render import render_plain
+from bot.store import Store
+
+COMMANDS = ["lock backend", "unlock backend", "status", "history backend", "jobs", "queue api"]
+
+
+@pytest.mark.parametrize("key", ["leases", "timeline", "events", "jobs", "queue:lock:api"])
+@pytest.mark.parametrize("text", COMMANDS)
+async def test_a_key_of_the_wrong_type_gets_a_reply_not_a_crash(
+    commands: CommandHandler, store: Store, key: str, text: str
+) -> None:
+    """Every command answers politely when one of deploybot's keys holds the wrong type."""
+    await store.redis.delete(store.key(key))
+    await store.redis.set(store.key(key), "hand-written")
+    if key.startswith("queue"):
+        await store.redis.set(store.key("lease", "lock", "api"), "{}")
+
+    reply = await commands.handle(Message("local", "alice", "alice", "console", text))
+    rendered = render_plain(reply.parts)
+
+    assert "Something went wrong" not in rendered, rendered
+    assert "Traceback" not in rendered and "WRONGTYPE" not in rendered
