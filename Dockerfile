@@ -13,10 +13,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DEPLOYBOT_HTTP_PORT=8080
 
 WORKDIR /app
-COPY pyproject.toml README.md config.yaml ./
+# requirements.lock pins every runtime dependency to the versions the tests ran with
+# (regenerate it with `pip freeze` from a fresh `pip install .`).
+COPY pyproject.toml README.md config.yaml requirements.lock ./
 COPY bot ./bot
 COPY adapters ./adapters
-RUN pip install . \
+RUN pip install --constraint requirements.lock . \
     && useradd --create-home --uid 10001 deploybot \
     && mkdir -p /data \
     && chown deploybot /data

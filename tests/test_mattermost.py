@@ -371,3 +371,29 @@ async def test_one_deploybot_run_serves_slack_and_mattermost(
 
     assert process.returncode == 0, err.decode()
     assert BOT_TOKEN.encode() not in err and b"xoxb-test" not in err
+
+
+async def test_connection_drop_mid_command_still_posts_the_reply(
+    fake: FakeMattermost,
+    mattermost: MattermostAdapter,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A post being handled when the websocket drops is still answered over REST, once."""
+    release = asyncio.Event()
+    handle = mattermost._runtime.commands.handle
+
+    async def held(message: Any) -> Any:
+        await release.wait()
+        return await handle(message)
+
+    monkeypatch.setattr(mattermost._runtime.commands, "handle", held)
+    await fake.send_post(ALICE, CHANNEL, "@deploybot lock backend", mentions=[BOT_USER_ID])
+    await wait_for(lambda: bool(mattermost._in_flight))
+    await fake.drop_connections()
+    release.set()
+
+    reply = await fake.wait_for_post(lambda post: post["user_id"] == BOT_USER_ID)
+    await fake.wait_for_authenticated(2, total=True, timeout=15)
+    assert "@alice locked `backend`" in reply["message"]
+    assert [e.type for e in await store.history("backend", count=5)] == ["acquired"]

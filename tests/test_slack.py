@@ -451,3 +451,30 @@ async def test_deploybot_run_serves_slack_and_stops_on_sigterm(
 
     assert process.returncode == 0, err.decode()
     assert b"xoxb-test" not in err and b"xapp-test" not in err
+
+
+async def test_socket_drop_mid_command_still_posts_the_reply(
+    fake: FakeSlack, slack: SlackAdapter, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command in flight when the socket drops is finished and answered, then the bot
+    reconnects; the lock is taken exactly once."""
+    release = asyncio.Event()
+    handle = slack._runtime.commands.handle
+
+    async def held(message: Any) -> Any:
+        await release.wait()
+        return await handle(message)
+
+    monkeypatch.setattr(slack._runtime.commands, "handle", held)
+    event = fake.app_mention_event(
+        user_id="UALICE", channel_id=CHANNEL, text=f"<@{BOT_USER_ID}> lock backend"
+    )
+    envelope = await fake.send_events_api(event)
+    await fake.wait_for_ack(envelope)
+    await fake.drop_connections()
+    release.set()
+
+    reply = await fake.wait_for_call("chat.postMessage")
+    await fake.wait_for_connections(2, timeout=10)
+    assert "<@UALICE> locked `backend`" in reply["text"]
+    assert [e.type for e in await store.history("backend", count=5)] == ["acquired"]
