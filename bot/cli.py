@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from bot.config import ConfigError, Secrets, Settings, load_settings
-from bot.embedded import EmbeddedServerError, server_running, stop_server
+from bot.embedded import EmbeddedServerError, EmbeddedSetupError, server_running, stop_server
 from bot.errors import DeploybotError, StoreUnavailable
 from bot.logs import configure_logging
 from bot.messages import Part, When, clean_text
@@ -59,6 +59,8 @@ class Context:
                 return await work(rt)
         except DeploybotError as error:
             fail(render_plain(error.parts(), self.zone), error.exit_code)
+        except EmbeddedSetupError as error:
+            fail(str(error), EXIT_USAGE)
         except EmbeddedServerError as error:
             fail(f"{error} {StoreUnavailable()}", EXIT_UNAVAILABLE)
         except Exception:
@@ -307,11 +309,11 @@ def force_release(ctx: Context, env: str, user: str, reason: str) -> None:
 
 
 @cli.command()
-@click.argument("service")
-@click.option("--token", required=True, type=int, help="The token `lock` printed.")
+@click.argument("service", metavar="NAME")
+@click.option("--token", required=True, type=int, help="The token `lock` or `claim` printed.")
 @pass_context
 def check(ctx: Context, service: str, token: int) -> None:
-    """Exit 0 only if the lock on SERVICE is still held with TOKEN."""
+    """Exit 0 only if the lock (or claim) on NAME is still held with TOKEN."""
     result = ctx.run(lambda rt: rt.leases.check(service, token))
     lease = result.lease
     if result.valid and lease is not None:
@@ -453,6 +455,8 @@ def server_status(ctx: Context) -> None:
     data_dir = ctx.settings.resolved_data_dir()
     try:
         state = "running" if server_running(data_dir) else "stopped"
+    except EmbeddedSetupError as error:
+        fail(str(error), EXIT_USAGE)
     except EmbeddedServerError as error:
         fail(str(error), EXIT_UNAVAILABLE)
     click.echo(f"embedded server {state}; data in {data_dir}")
@@ -467,6 +471,8 @@ def server_stop(ctx: Context) -> None:
     data_dir = ctx.settings.resolved_data_dir()
     try:
         stopped = stop_server(data_dir)
+    except EmbeddedSetupError as error:
+        fail(str(error), EXIT_USAGE)
     except EmbeddedServerError as error:
         fail(str(error), EXIT_UNAVAILABLE)
     click.echo("embedded server stopped" if stopped else "embedded server was not running")

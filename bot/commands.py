@@ -364,7 +364,7 @@ class CommandHandler:
                 text += f" {_DURATION_HELP}"
             return Reply.of(text, private=True)
 
-        lines = [f"  `{spec.usage}`  {spec.summary}" for spec in SPECS]
+        lines = [f"  `{spec.usage}`  {spec.summary}" + _aliases(spec) for spec in SPECS]
         text = "Commands (a leading @mention is optional):\n" + "\n".join(lines)
         text += f"\n{_DURATION_HELP}"
         return Reply.of(text, private=True)
@@ -401,6 +401,13 @@ def _require_name(args: list[str], command: str, placeholder: str) -> tuple[str,
         spec = _BY_WORD[command]
         raise UsageError(f"`{command}` needs {placeholder}: `{spec.usage}`.")
     return args[0], list(args[1:])
+
+
+def _aliases(spec: CommandSpec) -> str:
+    """` Also: `locks`, `envs`.` for a command with aliases."""
+    if not spec.aliases:
+        return ""
+    return " Also: " + ", ".join(f"`{alias}`" for alias in spec.aliases) + "."
 
 
 def _article_and_word(kind: LeaseKind) -> str:

