@@ -2,7 +2,8 @@
 
 The announcer reads `{ns}:events` through a consumer group, so several deploybot replicas
 share the work and each event is announced by one of them. An event a crashed replica read
-but never acknowledged is claimed by another after a minute. Deliveries are planned from
+but never acknowledged (it crashed, or was stopped mid-batch and restarted under a new
+consumer name) is claimed by another after `RECLAIM_IDLE_MS`. Deliveries are planned from
 the event alone (`plan`), so what gets said where is easy to test.
 """
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 GROUP = "announcer"
 LATE_AFTER_MS = 10_000
 SEEN_TTL_S = 86_400
+# An event read but left unacknowledged this long is taken over by another consumer. Long
+# enough for a live replica to post a batch (rate-limit retries included), short enough that
+# a restart does not hold announcements back for long.
+RECLAIM_IDLE_MS = 15_000
+RECLAIM_EVERY_S = 5.0
 
 # Told of every post attempt: (event type, platform, posted without error). Metrics hook in.
 DeliveryObserver = Callable[[str, str, bool], None]
@@ -97,9 +103,12 @@ class Announcer:
                 if not ready:
                     await self._store.ensure_event_group(GROUP)
                     ready = True
-                if loop.time() - last_claim > 30:
+                if loop.time() - last_claim > RECLAIM_EVERY_S:
                     last_claim = loop.time()
-                    await self._handle(await self._store.claim_stale_events(GROUP, self._consumer))
+                    stale = await self._store.claim_stale_events(
+                        GROUP, self._consumer, min_idle_ms=RECLAIM_IDLE_MS
+                    )
+                    await self._handle(stale)
                 await self._handle(await self._store.read_events(GROUP, self._consumer))
             except StoreUnavailable:
                 await asyncio.sleep(1)
