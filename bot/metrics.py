@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 
 from bot.chat import ChatPlatform
 from bot.errors import DeploybotError
-from bot.model import LeaseKind
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -108,14 +107,14 @@ class Metrics:
         self._live.platforms = dict(platforms)
 
     async def refresh(self, store: Store) -> None:
-        """Read leases and waitlists from Redis for the next render; a failure marks it down.
+        """Count leases and waiters in Redis for the next render; a failure marks it down.
 
-        Store.leases() also sweeps what is due, exactly as `status` does, so the counts never
-        include a lease that has already expired.
+        The count sweeps what is due first, exactly as `status` does, so it never includes a
+        lease that has already expired.
         """
         try:
             async with asyncio.timeout(REFRESH_TIMEOUT_S):
-                listing = await store.leases()
+                by_kind, waiters = await store.lease_counts()
         except (DeploybotError, TimeoutError):
             self._live.state = None
             return
@@ -124,10 +123,7 @@ class Metrics:
             self._live.state = None
             return
 
-        counts = {kind.value: 0 for kind in LeaseKind}
-        for lease in listing.leases:
-            counts[lease.kind.value] += 1
-        waiters = sum(len(holders) for holders in listing.waiters.values())
+        counts = {kind.value: count for kind, count in by_kind.items()}
         self._live.state = _StateSnapshot(counts, waiters)
 
     def render(self) -> bytes:

@@ -462,3 +462,16 @@ end
 return kept
 """
 )
+
+# Count live leases by kind and the people waiting for them, in one round trip: metrics
+# are scraped often, and copying every lease to the client just to count them would cost
+# as much as a full listing. KEYS[1] lease index. ARGV[1] key prefix ("{ns}:").
+# Returns {locks, claims, waiters}.
+COUNT_LEASES = """
+local locks, claims, waiters = 0, 0, 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 5) == 'lock:' then locks = locks + 1 else claims = claims + 1 end
+  waiters = waiters + redis.call('LLEN', ARGV[1] .. 'queue:' .. field)
+end
+return {locks, claims, waiters}
+"""

@@ -208,6 +208,7 @@ class Store:
         self._set_job = client.register_script(scripts.SET_JOB)
         self._remove_job = client.register_script(scripts.REMOVE_JOB)
         self._list_jobs = client.register_script(scripts.LIST_JOBS)
+        self._count_leases = client.register_script(scripts.COUNT_LEASES)
 
     @property
     def redis(self) -> RedisClient:
@@ -425,6 +426,15 @@ class Store:
             except CorruptRecord:
                 corrupt.append(key)
         return LeaseListing(leases, corrupt, now, await self._waitlists(leases), more)
+
+    async def lease_counts(self) -> tuple[dict[LeaseKind, int], int]:
+        """Live leases by kind and the number of waiters, counted inside Redis (after a
+        sweep, so leases that just expired are not counted)."""
+        await self.sweep_due()
+        locks, claims, waiters = await self._call(
+            self._count_leases, keys=[self.key("leases")], args=[self._prefix + ":"]
+        )
+        return {LeaseKind.LOCK: int(locks), LeaseKind.CLAIM: int(claims)}, int(waiters)
 
     async def _waitlists(self, leases: list[Lease]) -> dict[str, list[Holder]]:
         """The waiters of each lease, read in one round trip."""
