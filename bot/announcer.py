@@ -10,7 +10,6 @@ the event alone (`plan`), so what gets said where is easy to test.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -180,13 +179,9 @@ class Announcer:
 def _lease_of(event: Event) -> Lease | None:
     """The lease an event carries (its data is the lease's JSON plus extras)."""
     try:
-        return Lease.from_json(_json(event.data))
+        return Lease.from_dict(event.data)
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _json(data: dict[str, object]) -> str:
-    return json.dumps(data)
 
 
 def _via(event: Event) -> Origin | None:

@@ -92,6 +92,11 @@ class Lease:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("a lease record must be a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        """Build a lease from its decoded form (extra keys, as events carry, are ignored)."""
         return cls(
             kind=LeaseKind(data["kind"]),
             name=str(data["name"]),
