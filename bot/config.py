@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     max_message_length: int = Field(default=4000, ge=100)
     mattermost_ca_file: Path | None = None
     reminder_offsets: list[DurationMs] = Field(
-        default_factory=lambda: [600_000], validate_default=False
+        default_factory=lambda: [600_000], validate_default=False, max_length=10
     )
     handoff: Literal["auto", "notify"] = "auto"
     announce_channels: CommaList = Field(default_factory=list)

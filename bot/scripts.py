@@ -10,17 +10,54 @@ Every lease script takes the same KEYS and leading ARGV, so the shared helpers i
     KEYS[5] event stream   {ns}:events                (capped stream)
     KEYS[6] waitlist       {ns}:queue:<kind>:<name>   (list of waiter JSON, oldest first)
 
-    ARGV[1] kind   ARGV[2] name   ARGV[3] event stream cap   ARGV[4] handoff mode
-    ('auto' gives a freed lease to the first waiter, 'notify' only tells them)
-    ARGV[5] this kind's default TTL ms   ARGV[6] reminder offsets ms, comma-separated
-    ARGV[7] "via" JSON (where the command came from) or ''
+    ARGV[1] kind   ARGV[2] name   ARGV[3] "via" JSON (where the command came from) or ''
 
-Script-specific arguments follow from ARGV[8]. Times always come from Redis `TIME`, so
+Script-specific arguments follow from ARGV[4]. What stays the same for every call of one
+store (event stream cap, handoff mode, default TTLs, reminder offsets) is not sent with each
+call: `with_policy` writes it into the script's text as the `POLICY` table, so a lease
+operation sends little more than a plain SET does. Times always come from Redis `TIME`, so
 replicas never disagree about the clock. Timestamps are milliseconds: 13 digits, exact in
 Lua's doubles and in cjson's 14-digit number encoding.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Reminders per lease at most; the timeline members of one lease are `expire:<kind>:<name>`
+# and `remind:<kind>:<name>:<1..MAX_REMINDERS>`.
+MAX_REMINDERS = 10
+
+HANDOFF_MODES = ("auto", "notify")
+
+
+def with_policy(
+    source: str,
+    *,
+    events_max: int,
+    handoff: str,
+    default_ttl_ms: tuple[int, int],
+    reminder_offsets_ms: Sequence[int],
+) -> str:
+    """`source` with the store's policy defined in front of it as the Lua table `POLICY`.
+
+    POLICY.cap (event stream cap), POLICY.handoff ('auto' gives a freed lease to the first
+    waiter, 'notify' only tells them), POLICY.ttl[kind] (default TTL ms of a handed-off
+    lease) and POLICY.offsets (reminder offsets ms before expiry, at most MAX_REMINDERS).
+    """
+    if handoff not in HANDOFF_MODES:
+        raise ValueError(f"handoff must be one of {', '.join(HANDOFF_MODES)}, not {handoff!r}")
+    if len(reminder_offsets_ms) > MAX_REMINDERS:
+        raise ValueError(f"at most {MAX_REMINDERS} reminder offsets are supported")
+    lock_ttl, claim_ttl = (int(ttl) for ttl in default_ttl_ms)
+    offsets = ", ".join(str(int(offset)) for offset in reminder_offsets_ms)
+    header = (
+        f"local POLICY = {{cap = {int(events_max)}, handoff = '{handoff}',\n"
+        f"  ttl = {{lock = {lock_ttl}, claim = {claim_ttl}}}, offsets = {{{offsets}}}}}\n"
+        f"local MAX_REMINDERS = {MAX_REMINDERS}\n"
+    )
+    return header + source
+
 
 _PRELUDE = """
 local function now_ms()
@@ -35,12 +72,11 @@ end
 
 local function lease_context()
   return {lease = KEYS[1], fence = KEYS[2], index = KEYS[3], timeline = KEYS[4],
-    events = KEYS[5], queue = KEYS[6], kind = ARGV[1], name = ARGV[2], cap = ARGV[3],
-    handoff = ARGV[4], default_ttl = tonumber(ARGV[5]), offsets = ARGV[6], via = ARGV[7]}
+    events = KEYS[5], queue = KEYS[6], kind = ARGV[1], name = ARGV[2], via = ARGV[3]}
 end
 
 local function emit(ctx, type, now, data)
-  redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.cap, '*',
+  redis.call('XADD', ctx.events, 'MAXLEN', '~', POLICY.cap, '*',
     'type', type, 'kind', ctx.kind, 'name', ctx.name, 'at', int(now), 'data', data)
 end
 
@@ -79,44 +115,44 @@ local function field(ctx)
   return ctx.kind .. ':' .. ctx.name
 end
 
-local MAX_REMINDERS = 10
+local function reminder_members(ctx, from)
+  local members = {}
+  for i = from, MAX_REMINDERS do members[#members + 1] = 'remind:' .. field(ctx) .. ':' .. i end
+  return members
+end
 
+-- Every timeline entry of this lease, in one call.
 local function clear_timeline(ctx)
-  redis.call('ZREM', ctx.timeline, 'expire:' .. field(ctx))
-  for i = 1, MAX_REMINDERS do
-    redis.call('ZREM', ctx.timeline, 'remind:' .. field(ctx) .. ':' .. i)
-  end
+  redis.call('ZREM', ctx.timeline, 'expire:' .. field(ctx), unpack(reminder_members(ctx, 1)))
 end
 
--- One reminder per configured offset before expiry; for a lease shorter than twice an
--- offset, at half its remaining life instead. Re-arming replaces the earlier ones.
-local function arm_reminders(ctx, lease, now)
+-- The expiry entry and one reminder per configured offset before expiry; for a lease
+-- shorter than twice an offset, at half its remaining life instead. Re-arming replaces
+-- the earlier ones; a fresh lease has none (every way a lease ends clears its entries).
+local function arm_timeline(ctx, lease, now, fresh)
   local left = lease.expires_at - now
-  local due_times, seen = {}, {}
-  for offset in string.gmatch(ctx.offsets, '[^,]+') do
-    local o = tonumber(offset)
-    local due = (left >= 2 * o) and (lease.expires_at - o) or (now + math.floor(left / 2))
-    if not seen[due] and #due_times < MAX_REMINDERS then
+  local entries, seen, count = {int(lease.expires_at), 'expire:' .. field(ctx)}, {}, 0
+  for _, offset in ipairs(POLICY.offsets) do
+    local due = (left >= 2 * offset) and (lease.expires_at - offset)
+      or (now + math.floor(left / 2))
+    if not seen[due] then
       seen[due] = true
-      table.insert(due_times, due)
+      count = count + 1
+      entries[#entries + 1] = int(due)
+      entries[#entries + 1] = 'remind:' .. field(ctx) .. ':' .. count
     end
   end
-  for i = 1, MAX_REMINDERS do
-    local member = 'remind:' .. field(ctx) .. ':' .. i
-    if due_times[i] then
-      redis.call('ZADD', ctx.timeline, int(due_times[i]), member)
-    else
-      redis.call('ZREM', ctx.timeline, member)
-    end
+  redis.call('ZADD', ctx.timeline, unpack(entries))
+  if not fresh and count < MAX_REMINDERS then
+    redis.call('ZREM', ctx.timeline, unpack(reminder_members(ctx, count + 1)))
   end
 end
 
-local function store_lease(ctx, lease, ttl, now)
+local function store_lease(ctx, lease, ttl, now, fresh)
   local encoded = cjson.encode(lease)
   redis.call('SET', ctx.lease, encoded, 'PX', ttl)
   redis.call('HSET', ctx.index, field(ctx), encoded)
-  redis.call('ZADD', ctx.timeline, int(lease.expires_at), 'expire:' .. field(ctx))
-  arm_reminders(ctx, lease, now)
+  arm_timeline(ctx, lease, now, fresh)
   return encoded
 end
 
@@ -129,7 +165,7 @@ local function take(ctx, holder, note, ttl, origin, now)
   local lease = {kind = ctx.kind, name = ctx.name, holder = holder, note = note,
     acquired_at = now, expires_at = now + ttl, token = token}
   if type(origin) == 'table' then lease.origin = origin end
-  return store_lease(ctx, lease, ttl, now)
+  return store_lease(ctx, lease, ttl, now, true)
 end
 
 -- Position (1-based) of `holder` in the waitlist, or nil.
@@ -160,8 +196,8 @@ local function hand_off(ctx, now, freed)
     if not raw then return end
     local ok, waiter = pcall(cjson.decode, raw)
     if ok and type(waiter) == 'table' and type(waiter.holder) == 'table' then
-      if ctx.handoff == 'auto' then
-        local ttl = tonumber(waiter.ttl) or ctx.default_ttl
+      if POLICY.handoff == 'auto' then
+        local ttl = tonumber(waiter.ttl) or POLICY.ttl[ctx.kind]
         local origin = waiter.origin
         if type(origin) ~= 'table' and type(freed) == 'table' then origin = freed.origin end
         local encoded = take(ctx, waiter.holder, waiter.note or '', ttl, origin, now)
@@ -191,22 +227,21 @@ end
 -- The current lease, after recording an unnoticed expiry (which may hand it on).
 local function current(ctx, now)
   local raw = redis.call('GET', ctx.lease)
-  if raw then return raw end
-  flush_expired(ctx, now)
+  if raw or not flush_expired(ctx, now) then return raw end
   return redis.call('GET', ctx.lease)
 end
 """
 
 # Take a lease if free, refresh it if the caller already holds it, else report the holder.
-# ARGV[8] holder JSON, ARGV[9] note ('' keeps the current note on refresh),
-# ARGV[10] TTL ms, ARGV[11] origin JSON or ''.
+# ARGV[4] holder JSON, ARGV[5] note ('' keeps the current note on refresh),
+# ARGV[6] TTL ms, ARGV[7] origin JSON or ''.
 ACQUIRE = (
     _PRELUDE
     + """
 local ctx = lease_context()
 local now = now_ms()
-local holder = cjson.decode(ARGV[8])
-local ttl = tonumber(ARGV[10])
+local holder = cjson.decode(ARGV[4])
+local ttl = tonumber(ARGV[6])
 local raw = current(ctx, now)
 
 if raw then
@@ -215,14 +250,14 @@ if raw then
   if not same_holder(lease.holder, holder) then return {'held', raw, int(now)} end
   lease.expires_at = now + ttl
   lease.holder.display = holder.display
-  if ARGV[9] ~= '' then lease.note = ARGV[9] end
+  if ARGV[5] ~= '' then lease.note = ARGV[5] end
   local encoded = store_lease(ctx, lease, ttl, now)
   emit(ctx, 'refreshed', now, with_via(ctx, encoded))
   return {'refreshed', encoded, int(now)}
 end
 
-local origin = ARGV[11] ~= '' and cjson.decode(ARGV[11]) or nil
-local encoded = take(ctx, holder, ARGV[9], ttl, origin, now)
+local origin = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
+local encoded = take(ctx, holder, ARGV[5], ttl, origin, now)
 remove_waiter(ctx, holder)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return {'acquired', encoded, int(now)}
@@ -231,14 +266,14 @@ return {'acquired', encoded, int(now)}
 
 # Release a lease: only by its holder, or by anyone when forced (admins; checked before).
 # A forced release also clears a corrupt record. The freed lease goes to the waitlist.
-# ARGV[8] caller JSON, ARGV[9] '1' to force, ARGV[10] reason (forced only).
+# ARGV[4] caller JSON, ARGV[5] '1' to force, ARGV[6] reason (forced only).
 RELEASE = (
     _PRELUDE
     + """
 local ctx = lease_context()
 local now = now_ms()
-local caller = cjson.decode(ARGV[8])
-local forced = ARGV[9] == '1'
+local caller = cjson.decode(ARGV[4])
+local forced = ARGV[5] == '1'
 local raw = redis.call('GET', ctx.lease)
 
 if not raw then
@@ -258,7 +293,7 @@ clear_timeline(ctx)
 if forced then
   local record = lease or {kind = ctx.kind, name = ctx.name, corrupt = raw}
   record.forced_by = caller
-  record.reason = ARGV[10]
+  record.reason = ARGV[6]
   emit(ctx, 'forced', now, with_via(ctx, cjson.encode(record)))
 else
   emit(ctx, 'released', now, with_via(ctx, raw))
@@ -269,13 +304,13 @@ return {forced and 'forced' or 'released', raw, int(now)}
 )
 
 # Extend a lease held by the caller: new expiry = Redis now + TTL; reminders re-armed.
-# ARGV[8] caller JSON, ARGV[9] TTL ms.
+# ARGV[4] caller JSON, ARGV[5] TTL ms.
 EXTEND = (
     _PRELUDE
     + """
 local ctx = lease_context()
 local now = now_ms()
-local caller = cjson.decode(ARGV[8])
+local caller = cjson.decode(ARGV[4])
 local raw = redis.call('GET', ctx.lease)
 
 if not raw then
@@ -286,7 +321,7 @@ local lease = decode_lease(raw, ctx.kind, ctx.name)
 if not lease then return {'corrupt', raw, int(now)} end
 if not same_holder(lease.holder, caller) then return {'not_holder', raw, int(now)} end
 
-local ttl = tonumber(ARGV[9])
+local ttl = tonumber(ARGV[5])
 lease.expires_at = now + ttl
 local encoded = store_lease(ctx, lease, ttl, now)
 emit(ctx, 'extended', now, with_via(ctx, encoded))
@@ -297,13 +332,13 @@ return {'extended', encoded, int(now)}
 # Join the waitlist (idempotent). A free resource is taken at once in 'auto' mode.
 # Returns {outcome, lease or '', now, position}: 'holding' (the caller holds it already),
 # 'waiting' (with position), 'acquired' (it was free), 'free' ('notify' mode), 'corrupt'.
-# ARGV[8] holder JSON, ARGV[9] note, ARGV[10] TTL ms or '', ARGV[11] origin JSON or ''.
+# ARGV[4] holder JSON, ARGV[5] note, ARGV[6] TTL ms or '', ARGV[7] origin JSON or ''.
 JOIN_WAITLIST = (
     _PRELUDE
     + """
 local ctx = lease_context()
 local now = now_ms()
-local holder = cjson.decode(ARGV[8])
+local holder = cjson.decode(ARGV[4])
 local raw = current(ctx, now)
 
 if raw then
@@ -312,30 +347,30 @@ if raw then
   if same_holder(lease.holder, holder) then return {'holding', raw, int(now), 0} end
   local position = waiter_position(ctx, holder)
   if position then return {'waiting', raw, int(now), position} end
-  local waiter = {holder = holder, note = ARGV[9], since = now}
-  if ARGV[10] ~= '' then waiter.ttl = tonumber(ARGV[10]) end
-  if ARGV[11] ~= '' then waiter.origin = cjson.decode(ARGV[11]) end
+  local waiter = {holder = holder, note = ARGV[5], since = now}
+  if ARGV[6] ~= '' then waiter.ttl = tonumber(ARGV[6]) end
+  if ARGV[7] ~= '' then waiter.origin = cjson.decode(ARGV[7]) end
   position = redis.call('RPUSH', ctx.queue, cjson.encode(waiter))
   emit(ctx, 'queued', now, with_via(ctx, cjson.encode({holder = holder, position = position})))
   return {'waiting', raw, int(now), position}
 end
 
-if ctx.handoff ~= 'auto' then return {'free', '', int(now), 0} end
-local ttl = ARGV[10] ~= '' and tonumber(ARGV[10]) or ctx.default_ttl
-local origin = ARGV[11] ~= '' and cjson.decode(ARGV[11]) or nil
-local encoded = take(ctx, holder, ARGV[9], ttl, origin, now)
+if POLICY.handoff ~= 'auto' then return {'free', '', int(now), 0} end
+local ttl = ARGV[6] ~= '' and tonumber(ARGV[6]) or POLICY.ttl[ctx.kind]
+local origin = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
+local encoded = take(ctx, holder, ARGV[5], ttl, origin, now)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return {'acquired', encoded, int(now), 0}
 """
 )
 
 # Leave the waitlist. Returns {'left' or 'not_waiting', position or 0}.
-# ARGV[8] holder JSON.
+# ARGV[4] holder JSON.
 LEAVE_WAITLIST = (
     _PRELUDE
     + """
 local ctx = lease_context()
-local holder = cjson.decode(ARGV[8])
+local holder = cjson.decode(ARGV[4])
 local position = remove_waiter(ctx, holder)
 if not position then return {'not_waiting', 0} end
 emit(ctx, 'left', now_ms(), with_via(ctx, cjson.encode({holder = holder})))
@@ -347,9 +382,7 @@ return {'left', position}
 # number of due entries, never the number of live leases. Taking them out is part of the
 # script, so with several replicas sweeping, each entry is handled exactly once.
 # KEYS[1] timeline, KEYS[2] lease index, KEYS[3] event stream.
-# ARGV[1] key prefix ("{ns}:"), ARGV[2] batch limit, ARGV[3] event stream cap,
-# ARGV[4] handoff mode, ARGV[5] lock default TTL ms, ARGV[6] claim default TTL ms,
-# ARGV[7] reminder offsets ms, comma-separated.
+# ARGV[1] key prefix ("{ns}:"), ARGV[2] batch limit.
 # Returns {expired, reminders, due entries seen}.
 SWEEP = (
     _PRELUDE
@@ -363,9 +396,7 @@ local function context_for(kind, name)
   local suffix = kind .. ':' .. name
   return {lease = ARGV[1] .. 'lease:' .. suffix, fence = ARGV[1] .. 'fence:' .. suffix,
     index = KEYS[2], timeline = KEYS[1], events = KEYS[3],
-    queue = ARGV[1] .. 'queue:' .. suffix, kind = kind, name = name, cap = ARGV[3],
-    handoff = ARGV[4], default_ttl = tonumber(kind == 'lock' and ARGV[5] or ARGV[6]),
-    offsets = ARGV[7], via = ''}
+    queue = ARGV[1] .. 'queue:' .. suffix, kind = kind, name = name, via = ''}
 end
 
 for i = 1, #due, 2 do
@@ -400,7 +431,7 @@ return {expired, reminded, #due / 2}
 
 # Record a job status. A URL or detail left out keeps the previous one (a pipeline sets the
 # link once, at `running`); an empty one clears it. KEYS[1] jobs hash, KEYS[2] event stream.
-# ARGV[1] job JSON without updated_at, ARGV[2] event stream cap.
+# ARGV[1] job JSON without updated_at.
 SET_JOB = (
     _PRELUDE
     + """
@@ -416,21 +447,21 @@ if job.detail == '' then job.detail = nil end
 job.updated_at = now
 local encoded = cjson.encode(job)
 redis.call('HSET', KEYS[1], job.name, encoded)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', POLICY.cap, '*',
   'type', 'job', 'kind', 'job', 'name', job.name, 'at', int(now), 'data', encoded)
 return encoded
 """
 )
 
 # Remove a job status. KEYS[1] jobs hash, KEYS[2] event stream.
-# ARGV[1] job name, ARGV[2] event stream cap, ARGV[3] remover's name.
+# ARGV[1] job name, ARGV[2] remover's name.
 REMOVE_JOB = (
     _PRELUDE
     + """
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 if removed == 1 then
-  local data = cjson.encode({name = ARGV[1], removed_by = ARGV[3]})
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  local data = cjson.encode({name = ARGV[1], removed_by = ARGV[2]})
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', POLICY.cap, '*',
     'type', 'job_removed', 'kind', 'job', 'name', ARGV[1], 'at', int(now_ms()), 'data', data)
 end
 return removed

@@ -157,10 +157,6 @@ class LeasePolicy:
     default_ttl_ms: tuple[int, int] = (3_600_000, 14_400_000)
     reminder_offsets_ms: tuple[int, ...] = (600_000,)
 
-    def default_ttl(self, kind: LeaseKind) -> int:
-        """The default TTL handed-off leases get (lock, claim)."""
-        return self.default_ttl_ms[0 if kind is LeaseKind.LOCK else 1]
-
 
 @dataclass(frozen=True)
 class WaitlistResult:
@@ -198,17 +194,30 @@ class Store:
         if events_max is not None:
             policy = replace(policy, events_max=events_max)
         self.policy = policy
-        self._events_max = policy.events_max
-        self._acquire = client.register_script(scripts.ACQUIRE)
-        self._release = client.register_script(scripts.RELEASE)
-        self._extend = client.register_script(scripts.EXTEND)
-        self._join = client.register_script(scripts.JOIN_WAITLIST)
-        self._leave = client.register_script(scripts.LEAVE_WAITLIST)
-        self._sweep = client.register_script(scripts.SWEEP)
-        self._set_job = client.register_script(scripts.SET_JOB)
-        self._remove_job = client.register_script(scripts.REMOVE_JOB)
-        self._list_jobs = client.register_script(scripts.LIST_JOBS)
+
+        def register(source: str) -> Any:
+            return client.register_script(
+                scripts.with_policy(
+                    source,
+                    events_max=policy.events_max,
+                    handoff=policy.handoff,
+                    default_ttl_ms=policy.default_ttl_ms,
+                    reminder_offsets_ms=policy.reminder_offsets_ms,
+                )
+            )
+
+        self._acquire = register(scripts.ACQUIRE)
+        self._release = register(scripts.RELEASE)
+        self._extend = register(scripts.EXTEND)
+        self._join = register(scripts.JOIN_WAITLIST)
+        self._leave = register(scripts.LEAVE_WAITLIST)
+        self._sweep = register(scripts.SWEEP)
+        self._set_job = register(scripts.SET_JOB)
+        self._remove_job = register(scripts.REMOVE_JOB)
+        self._list_jobs = register(scripts.LIST_JOBS)
         self._count_leases = client.register_script(scripts.COUNT_LEASES)
+        # The keys every lease script uses whatever the lease (see bot.scripts).
+        self._shared_keys = (self.key("leases"), self.key("timeline"), self.key("events"))
 
     @property
     def redis(self) -> RedisClient:
@@ -454,16 +463,7 @@ class Store:
     async def sweep_due(self, *, limit: int = 500) -> SweepResult:
         """Turn due expiries and reminders into events (and hand freed leases on)."""
         keys = [self.key("timeline"), self.key("leases"), self.key("events")]
-        policy = self.policy
-        args = [
-            self._prefix + ":",
-            limit,
-            policy.events_max,
-            policy.handoff,
-            policy.default_ttl_ms[0],
-            policy.default_ttl_ms[1],
-            ",".join(str(offset) for offset in policy.reminder_offsets_ms),
-        ]
+        args = [self._prefix + ":", limit]
         expired, reminders, due = await self._call(self._sweep, keys=keys, args=args)
         if expired or reminders:
             log.info("sweep expired=%s reminders=%s", expired, reminders)
@@ -555,13 +555,13 @@ class Store:
         data = {key: value for key, value in job.to_dict().items() if value is not None}
         del data["updated_at"]
         keys = [self.key("jobs"), self.key("events")]
-        raw = await self._call(self._set_job, keys=keys, args=[_dumps(data), self._events_max])
+        raw = await self._call(self._set_job, keys=keys, args=[_dumps(data)])
         return Job.from_json(raw)
 
     async def remove_job(self, name: str, *, removed_by: str) -> bool:
         """Forget a job; False when there was none by that name."""
         keys = [self.key("jobs"), self.key("events")]
-        args = [name, self._events_max, removed_by]
+        args = [name, removed_by]
         return bool(await self._call(self._remove_job, keys=keys, args=args))
 
     async def jobs(self, *, retention_ms: int) -> JobListing:
@@ -603,32 +603,20 @@ class Store:
 
     def _lease_keys(self, kind: LeaseKind, name: str) -> list[str]:
         """KEYS for every lease script (see bot.scripts)."""
+        suffix = f"{kind}:{name}"
+        prefix = self._prefix
         return [
-            self._lease_key(kind, name),
-            self.key("fence", kind, name),
-            self.key("leases"),
-            self.key("timeline"),
-            self.key("events"),
-            self.key("queue", kind, name),
+            f"{prefix}:lease:{suffix}",
+            f"{prefix}:fence:{suffix}",
+            *self._shared_keys,
+            f"{prefix}:queue:{suffix}",
         ]
 
     def _lease_args(
         self, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
     ) -> list[Any]:
         """The leading ARGV every lease script shares, then the script's own."""
-        policy = self.policy
-        offsets = ",".join(str(offset) for offset in policy.reminder_offsets_ms)
-        via_json = _dumps(via.__dict__) if via else ""
-        return [
-            kind,
-            name,
-            policy.events_max,
-            policy.handoff,
-            policy.default_ttl(kind),
-            offsets,
-            via_json,
-            *extra,
-        ]
+        return [kind, name, _dumps(via.__dict__) if via else "", *extra]
 
     def _parse_or_placeholder(self, raw: str, kind: LeaseKind, name: str, now: int) -> Lease:
         """Parse a released lease; a force-cleared corrupt record yields a placeholder."""

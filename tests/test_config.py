@@ -173,6 +173,18 @@ def test_default_above_maximum_is_refused(tmp_path: Path) -> None:
     assert "claim" in str(caught.value)
 
 
+def test_more_than_ten_reminder_offsets_are_refused(tmp_path: Path) -> None:
+    """Each lease has room for ten reminders; an eleventh offset is named as too many."""
+    offsets = "".join(f"  - {minutes}m\n" for minutes in range(1, 12))
+    path = write_config(tmp_path, f"reminder_offsets:\n{offsets}")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert "reminder_offsets" in str(caught.value)
+    assert "10" in str(caught.value)
+
+
 def test_broken_yaml_is_a_config_error(tmp_path: Path) -> None:
     """A file that is not valid YAML raises ConfigError naming the file."""
     path = write_config(tmp_path, "services: [backend\nlock: {default_ttl: 1h\n")

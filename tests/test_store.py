@@ -7,11 +7,13 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
+from bot import scripts
 from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable
 from bot.model import Event, Holder, Job, Lease, LeaseKind, Origin
 from bot.store import Store, connect
@@ -744,3 +746,19 @@ async def test_unreachable_redis_raises_store_unavailable(
 async def test_unreachable_redis_fails_ping(unreachable_store: Store) -> None:
     """ping() reports an unreachable server as False rather than raising."""
     assert await unreachable_store.ping() is False
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [({"handoff": "later"}, "handoff"), ({"reminder_offsets_ms": (60_000,) * 11}, "at most")],
+)
+def test_a_policy_the_scripts_cannot_hold_is_refused(change: dict[str, Any], problem: str) -> None:
+    """The policy is written into the scripts' text, so only known values get there."""
+    policy = {
+        "events_max": 10_000,
+        "handoff": "auto",
+        "default_ttl_ms": (60_000, 60_000),
+        "reminder_offsets_ms": (60_000,),
+    }
+    with pytest.raises(ValueError, match=problem):
+        scripts.with_policy("return 1", **{**policy, **change})

@@ -112,6 +112,23 @@ async def test_each_configured_offset_gets_its_own_reminder(
     assert due == [change.lease.expires_at - 10 * MINUTE, change.lease.expires_at - MINUTE]
 
 
+async def test_shortening_a_lease_drops_the_reminders_it_no_longer_has(
+    redis_server_url: str, settings: Settings
+) -> None:
+    """Two offsets give a long lease two reminders; at 90 s both fall at half-life."""
+    store = policy_store(redis_server_url, settings, reminder_offsets_ms=(10 * MINUTE, MINUTE))
+    try:
+        await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
+        assert len(await reminder_members(store, "lock", "backend")) == 2
+        extended = await store.extend(LeaseKind.LOCK, "backend", ALICE, ttl_ms=90_000)
+        remaining = await reminder_members(store, "lock", "backend")
+    finally:
+        await store.close()
+
+    half_life = extended.lease.expires_at - 45_000
+    assert remaining == {"remind:lock:backend:1": half_life}
+
+
 async def test_extending_replaces_the_pending_reminder(short_reminders: Store) -> None:
     """Extend before the reminder: the old due time is gone, one reminder for the new expiry."""
     store = short_reminders
