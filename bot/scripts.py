@@ -158,10 +158,15 @@ end
 
 -- A fresh acquisition. The fencing token is max(last token + 1, Redis TIME in ms): it
 -- only ever increases, even after a failover to a replica that missed the last writes.
+-- One SET ... GET stores TIME and reads the last token; only a token at or past TIME
+-- (several in one millisecond, or a clock behind) takes a second write.
 local function take(ctx, holder, note, ttl, origin, now)
-  local last = tonumber(redis.call('GET', ctx.fence) or '0') or 0
-  local token = math.max(last + 1, now)
-  redis.call('SET', ctx.fence, int(token))
+  local token = now
+  local last = tonumber(redis.call('SET', ctx.fence, int(token), 'GET') or '0') or 0
+  if last >= token then
+    token = last + 1
+    redis.call('SET', ctx.fence, int(token))
+  end
   local lease = {kind = ctx.kind, name = ctx.name, holder = holder, note = note,
     acquired_at = now, expires_at = now + ttl, token = token}
   if type(origin) == 'table' then lease.origin = origin end

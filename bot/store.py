@@ -20,6 +20,7 @@ because each is one script.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import ssl
@@ -41,6 +42,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
     InvalidResponse,
+    NoScriptError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -177,6 +179,27 @@ class SweepResult:
     due: int
 
 
+class _Script:
+    """A Lua script run by its SHA1, loaded into the server the first time it is missing.
+
+    The same as redis-py's `Script`, without the per-call work it does for pipelines,
+    which deploybot never runs scripts in; lease operations are the hot path.
+    """
+
+    def __init__(self, client: RedisClient, source: str):
+        self._client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A new server, a failover to a replica that never saw it, or SCRIPT FLUSH.
+            await self._client.script_load(self.source)
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
 class Store:
     """deploybot's state in Redis. Methods raise StoreUnavailable when Redis cannot answer."""
 
@@ -195,15 +218,16 @@ class Store:
             policy = replace(policy, events_max=events_max)
         self.policy = policy
 
-        def register(source: str) -> Any:
-            return client.register_script(
+        def register(source: str) -> _Script:
+            return _Script(
+                client,
                 scripts.with_policy(
                     source,
                     events_max=policy.events_max,
                     handoff=policy.handoff,
                     default_ttl_ms=policy.default_ttl_ms,
                     reminder_offsets_ms=policy.reminder_offsets_ms,
-                )
+                ),
             )
 
         self._acquire = register(scripts.ACQUIRE)
@@ -215,7 +239,7 @@ class Store:
         self._set_job = register(scripts.SET_JOB)
         self._remove_job = register(scripts.REMOVE_JOB)
         self._list_jobs = register(scripts.LIST_JOBS)
-        self._count_leases = client.register_script(scripts.COUNT_LEASES)
+        self._count_leases = _Script(client, scripts.COUNT_LEASES)
         # The keys every lease script uses whatever the lease (see bot.scripts).
         self._shared_keys = (self.key("leases"), self.key("timeline"), self.key("events"))
 
@@ -1099,8 +1123,12 @@ def _waiter_holder(raw: str | bytes) -> Holder | None:
         return None
 
 
+# Built once: json.dumps with any option builds a new encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return _COMPACT_JSON.encode(data)
 
 
 def _text(value: str | bytes) -> str:

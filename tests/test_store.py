@@ -402,6 +402,22 @@ async def test_tokens_increase_after_fence_counter_goes_back(
     assert after.lease.token > max(tokens)
 
 
+async def test_a_fence_counter_ahead_of_the_clock_still_counts_up(
+    store: Store, kind: LeaseKind
+) -> None:
+    """A counter past Redis TIME (a clock set back) gives its next value, and is kept."""
+    fence = store.key("fence", kind, "backend")
+    ahead = await store.now_ms() + 3_600_000
+    await store.redis.set(fence, str(ahead))
+
+    first = await store.acquire(kind, "backend", ALICE, ttl_ms=HOUR_MS)
+    await store.release(kind, "backend", ALICE)
+    second = await store.acquire(kind, "backend", BOB, ttl_ms=HOUR_MS)
+
+    assert (first.lease.token, second.lease.token) == (ahead + 1, ahead + 2)
+    assert int(await store.redis.get(fence)) == ahead + 2
+
+
 # Concurrency
 
 CONTENDERS = 16
