@@ -26,18 +26,26 @@ def resolve_zone(name: str) -> tzinfo | None:
 
 def same_day(at_ms: int, now_ms: int, zone: tzinfo | None) -> bool:
     """Whether both instants fall on the same calendar day in `zone`."""
-    at = datetime.fromtimestamp(at_ms / 1000).astimezone(zone)
-    now = datetime.fromtimestamp(now_ms / 1000).astimezone(zone)
-    return at.date() == now.date()
+    return _local(at_ms, zone).date() == _local(now_ms, zone).date()
 
 
 def clock_time(at_ms: int, now_ms: int, zone: tzinfo | None) -> str:
     """`14:35 UTC` today, `Fri 4 Dec 14:35 UTC` on another day (in `zone`)."""
-    at = datetime.fromtimestamp(at_ms / 1000).astimezone(zone)
+    return clock_label(at_ms, now_ms, zone)[0]
+
+
+def clock_label(at_ms: int, now_ms: int, zone: tzinfo | None) -> tuple[str, bool]:
+    """clock_time and same_day at once: a `status` shows dozens of times."""
+    at = _local(at_ms, zone)
+    today = at.date() == _local(now_ms, zone).date()
     label = at.strftime("%H:%M %Z")
-    if not same_day(at_ms, now_ms, zone):
+    if not today:
         label = f"{at:%a} {at.day} {at:%b} {label}"
-    return label
+    return label, today
+
+
+def _local(at_ms: int, zone: tzinfo | None) -> datetime:
+    return datetime.fromtimestamp(at_ms / 1000).astimezone(zone)
 
 
 def relative(at_ms: int, now_ms: int) -> str:

@@ -388,7 +388,7 @@ return {'left', position}
 # script, so with several replicas sweeping, each entry is handled exactly once.
 # KEYS[1] timeline, KEYS[2] lease index, KEYS[3] event stream.
 # ARGV[1] key prefix ("{ns}:"), ARGV[2] batch limit.
-# Returns {expired, reminders, due entries seen}.
+# Returns {expired, reminders, due entries seen, Redis now ms}.
 SWEEP = (
     _PRELUDE
     + """
@@ -430,7 +430,7 @@ for i = 1, #due, 2 do
     end
   end
 end
-return {expired, reminded, #due / 2}
+return {expired, reminded, #due / 2, int(now)}
 """
 )
 

@@ -95,6 +95,8 @@ _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _SENTINEL_PORT = 26379
 POOL_SIZE = 64
 POOL_WAIT_S = 5.0
+# What redis-py's BlockingConnectionPool raises when no connection came free in time.
+_POOL_EXHAUSTED = "No connection available."
 _REDIS_PORT = 6379
 
 # Query options that would switch certificate checks off. redis-py lets options in the URL
@@ -177,6 +179,7 @@ class SweepResult:
     expired: int
     reminders: int
     due: int
+    now_ms: int
 
 
 class _Script:
@@ -437,7 +440,7 @@ class Store:
         """Live leases from the index (no scan of the keyspace): all of them, those called
         `name`, or the first `limit` by kind and name, so a chat `status` stays small and
         quick however many leases exist."""
-        await self.sweep_due()
+        now = (await self.sweep_due()).now_ms
         if name is not None:
             fields = [f"{kind}:{name}" for kind in LeaseKind]
         else:
@@ -446,19 +449,30 @@ class Store:
             )
         more = max(0, len(fields) - limit) if limit is not None else 0
         fields = fields[:limit] if limit is not None else fields
-        keys = [self.key("lease", field) for field in fields]
-        raws = await self._call(self._redis.mget, keys) if keys else []
-        now = await self.now_ms()
+        if not fields:
+            return LeaseListing([], [], now)
+        # The leases and their waitlists in one round trip (GETs: a cluster pipeline takes
+        # no MGET).
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in fields:
+            pipe.get(self.key("lease", entry))
+            pipe.lrange(self.key("queue", entry), 0, -1)
+        replies = await self._call(pipe.execute)
 
-        leases, corrupt = [], []
-        for key, raw in zip(keys, raws, strict=True):
+        leases, corrupt, waiters = [], [], {}
+        for entry, raw, queue in zip(fields, replies[::2], replies[1::2], strict=True):
             if raw is None:
                 continue
+            key = self.key("lease", entry)
             try:
                 leases.append(_parse_lease(raw, key))
             except CorruptRecord:
                 corrupt.append(key)
-        return LeaseListing(leases, corrupt, now, await self._waitlists(leases), more)
+                continue
+            holders = [holder for holder in map(_waiter_holder, queue) if holder]
+            if holders:
+                waiters[entry] = holders
+        return LeaseListing(leases, corrupt, now, waiters, more)
 
     async def lease_counts(self) -> tuple[dict[LeaseKind, int], int]:
         """Live leases by kind and the number of waiters, counted inside Redis (after a
@@ -469,29 +483,14 @@ class Store:
         )
         return {LeaseKind.LOCK: int(locks), LeaseKind.CLAIM: int(claims)}, int(waiters)
 
-    async def _waitlists(self, leases: list[Lease]) -> dict[str, list[Holder]]:
-        """The waiters of each lease, read in one round trip."""
-        if not leases:
-            return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for lease in leases:
-            pipe.lrange(self.key("queue", lease.kind, lease.name), 0, -1)
-        results = await self._call(pipe.execute)
-        waiters: dict[str, list[Holder]] = {}
-        for lease, raws in zip(leases, results, strict=True):
-            holders = [holder for holder in map(_waiter_holder, raws) if holder]
-            if holders:
-                waiters[f"{lease.kind}:{lease.name}"] = holders
-        return waiters
-
     async def sweep_due(self, *, limit: int = 500) -> SweepResult:
         """Turn due expiries and reminders into events (and hand freed leases on)."""
         keys = [self.key("timeline"), self.key("leases"), self.key("events")]
         args = [self._prefix + ":", limit]
-        expired, reminders, due = await self._call(self._sweep, keys=keys, args=args)
+        expired, reminders, due, now = await self._call(self._sweep, keys=keys, args=args)
         if expired or reminders:
             log.info("sweep expired=%s reminders=%s", expired, reminders)
-        return SweepResult(int(expired), int(reminders), int(due))
+        return SweepResult(int(expired), int(reminders), int(due), int(now))
 
     async def history(
         self, name: str, *, count: int, kinds: tuple[str, ...] | None = None
@@ -856,6 +855,11 @@ def _reason(error: Exception) -> str:
         return "it is still loading its data"
     if isinstance(error, ReadOnlyError):
         return "it is a read-only replica"
+    if isinstance(error, RedisConnectionError) and str(error) == _POOL_EXHAUSTED:
+        return (
+            f"deploybot is overloaded: all {POOL_SIZE} connections to Redis stayed busy "
+            f"for {POOL_WAIT_S:g} s"
+        )
     return "could not connect"
 
 

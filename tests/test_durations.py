@@ -93,10 +93,15 @@ def test_looks_like_duration_means_starts_with_a_number(word: str, expected: boo
         (90 * MINUTE_MS, "1 hour and 30 minutes"),
         (7 * DAY_MS, "7 days"),
         (-5_000, "less than a second"),
+        (90_499, "1 minute and 30 seconds"),
+        (90_500, "1 minute and 31 seconds"),
+        (20 * MINUTE_MS + 29_999, "20 minutes"),
+        (20 * MINUTE_MS + 30_000, "21 minutes"),
     ],
 )
 def test_format_span_reads_naturally(ms: int, expected: str) -> None:
-    """Spans are shown in words, and a negative span as zero."""
+    """Spans are shown in words, rounded to the second (to the minute from ten minutes on),
+    and a negative span as zero."""
     assert format_span(ms) == expected
 
 

@@ -764,6 +764,28 @@ async def test_unreachable_redis_fails_ping(unreachable_store: Store) -> None:
     assert await unreachable_store.ping() is False
 
 
+async def test_every_connection_busy_too_long_is_reported_as_overload(
+    redis_server_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When commands wait longer than the pool allows, the reason names overload, not an
+    outage, and the command changes nothing."""
+    monkeypatch.setattr("bot.store.POOL_SIZE", 1)
+    monkeypatch.setattr("bot.store.POOL_WAIT_S", 0.2)
+    store = Store(connect(redis_server_url), namespace=namespace)
+    pool = store.redis.connection_pool
+    held = await pool.get_connection()
+    try:
+        with pytest.raises(StoreUnavailable, match="overloaded: all 1 connections") as caught:
+            await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=HOUR_MS)
+        assert "nothing changed" in str(caught.value)
+    finally:
+        await pool.release(held)
+    try:
+        assert await store.get(LeaseKind.LOCK, "backend") is None
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [({"handoff": "later"}, "handoff"), ({"reminder_offsets_ms": (60_000,) * 11}, "at most")],

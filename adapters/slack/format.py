@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.messages import Code, Mention, Part, Reply, When
 from bot.model import Lease, LeaseKind
-from bot.render import clock_time, relative, same_day
+from bot.render import clock_label, relative
 
 PLATFORM = "slack"
 EXTEND_ACTION = "lease_extend"
@@ -47,8 +47,8 @@ def render_mrkdwn(parts: Iterable[Part], zone: tzinfo | None = None) -> str:
 def date_token(when: When, zone: tzinfo | None = None) -> str:
     """`<!date^…^{time}|14:35 UTC> (in 30 minutes)`; the date is shown when not today."""
     seconds = when.at_ms // 1000
-    fallback = clock_time(when.at_ms, when.now_ms, zone)
-    layout = "{time}" if same_day(when.at_ms, when.now_ms, zone) else "{date_short_pretty} {time}"
+    fallback, today = clock_label(when.at_ms, when.now_ms, zone)
+    layout = "{time}" if today else "{date_short_pretty} {time}"
     return f"<!date^{seconds}^{layout}|{fallback}> ({relative(when.at_ms, when.now_ms)})"
 
 
