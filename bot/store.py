@@ -319,12 +319,7 @@ class Store:
         """
         forced = force_reason is not None
         extra = [_dumps(caller.__dict__), int(forced), force_reason or ""]
-        result = await self._call(
-            self._release,
-            keys=self._lease_keys(kind, name),
-            args=self._lease_args(kind, name, via, extra),
-        )
-        outcome, raw, now = _text(result[0]), _text(result[1]), int(result[2])
+        outcome, now, _, raw = await self._lease_script(self._release, kind, name, via, extra)
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
@@ -387,17 +382,7 @@ class Store:
             ttl_ms or "",
             _dumps(origin.__dict__) if origin else "",
         ]
-        result = await self._call(
-            self._join,
-            keys=self._lease_keys(kind, name),
-            args=self._lease_args(kind, name, via, extra),
-        )
-        outcome, raw, now, position = (
-            _text(result[0]),
-            _text(result[1]),
-            int(result[2]),
-            int(result[3]),
-        )
+        outcome, now, position, raw = await self._lease_script(self._join, kind, name, via, extra)
         if outcome == "corrupt":
             raise CorruptRecord(self._lease_key(kind, name))
         lease = _parse_lease(raw, self._lease_key(kind, name)) if raw else None
@@ -609,20 +594,24 @@ class Store:
         return bool(await self._call(self._redis.set, key, "1", nx=True, ex=ttl_s))
 
     async def _run_lease_script(
-        self, script: Any, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
+        self, script: _Script, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
     ) -> tuple[str, Lease, int]:
         """Run a lease script; map free and corrupt outcomes to their errors."""
-        result = await self._call(
-            script,
-            keys=self._lease_keys(kind, name),
-            args=self._lease_args(kind, name, via, extra),
-        )
-        outcome, raw, now = _text(result[0]), result[1], int(result[2])
+        outcome, now, _, raw = await self._lease_script(script, kind, name, via, extra)
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
             raise CorruptRecord(self._lease_key(kind, name))
         return outcome, _parse_lease(raw, self._lease_key(kind, name)), now
+
+    async def _lease_script(
+        self, script: _Script, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
+    ) -> tuple[str, int, int, str]:
+        """Run a lease script: its outcome, Redis's time, a waitlist position, the lease JSON."""
+        keys, args = self._lease_keys(kind, name), self._lease_args(kind, name, via, extra)
+        reply = await self._call(script, keys=keys, args=args)
+        outcome, now, position, raw = _text(reply).split(" ", 3)
+        return outcome, int(now), int(position), raw
 
     def _lease_keys(self, kind: LeaseKind, name: str) -> list[str]:
         """KEYS for every lease script (see bot.scripts)."""
