@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,6 +98,8 @@ POOL_SIZE = 64
 POOL_WAIT_S = 5.0
 # What redis-py's BlockingConnectionPool raises when no connection came free in time.
 _POOL_EXHAUSTED = "No connection available."
+# While Redis stays down, the outage is logged again at most this often (see OutageLog).
+OUTAGE_LOG_INTERVAL_S = 30.0
 _REDIS_PORT = 6379
 
 # Query options that would switch certificate checks off. redis-py lets options in the URL
@@ -216,6 +219,7 @@ class Store:
     ):
         self._redis = client
         self._prefix = "{" + namespace + "}"
+        self._outage = OutageLog()
         policy = policy or LeasePolicy()
         if events_max is not None:
             policy = replace(policy, events_max=events_max)
@@ -644,16 +648,17 @@ class Store:
     async def _call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Call Redis, turning "cannot reach it" into StoreUnavailable."""
         try:
-            return await func(*args, **kwargs)
+            answer = await func(*args, **kwargs)
         except _UNAVAILABLE as error:
             reason = _reason(error)
-            log.warning("state store unavailable reason=%s", reason)
+            self._outage.failed(reason)
             raise StoreUnavailable(reason) from error
         except ResponseError as error:
             text = str(error)
             if text.startswith(("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")):
-                log.warning("state store not serving error=%s", text.split()[0])
-                raise StoreUnavailable(f"Redis answered {text.split()[0]}") from error
+                reason = f"Redis answered {text.split()[0]}"
+                self._outage.failed(reason)
+                raise StoreUnavailable(reason) from error
             if "unknown command" in text.lower():
                 log.warning("state store lacks a command; not a Redis 6.2+ server?")
                 raise StoreUnavailable("the server is not a Redis 6.2+ compatible one") from error
@@ -667,8 +672,34 @@ class Store:
             why = _cluster_failure(error)
             if why is None:
                 raise
-            log.warning("state store unavailable reason=%s", why)
+            self._outage.failed(why)
             raise StoreUnavailable(why) from error
+        if self._outage.failures:
+            self._outage.recovered()
+        return answer
+
+
+class OutageLog:
+    """Logs an outage without flooding the log: a warning when Redis first fails (or fails
+    for a new reason), then at most one every `interval_s` with the count of failed calls,
+    and one line when it answers again. The timeline alone calls Redis twice a second."""
+
+    def __init__(self, interval_s: float = OUTAGE_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.failures = 0
+        self._reason = ""
+        self._logged_at = -math.inf
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if reason != self._reason or now - self._logged_at >= self.interval_s:
+            log.warning("state store unavailable reason=%s failed_calls=%d", reason, self.failures)
+            self._reason, self._logged_at = reason, now
+
+    def recovered(self) -> None:
+        log.warning("state store answers again after failed_calls=%d", self.failures)
+        self.failures, self._reason, self._logged_at = 0, "", -math.inf
 
 
 @dataclass(frozen=True)

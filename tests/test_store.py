@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from bot import scripts
 from bot.errors import CorruptRecord, LeaseHeld, NotHeld, NotHolder, StoreUnavailable
 from bot.model import Event, Holder, Job, Lease, LeaseKind, Origin
-from bot.store import Store, connect
+from bot.store import OutageLog, Store, connect
 
 ALICE = Holder("local", "alice", "Alice")
 BOB = Holder("local", "bob", "Bob")
@@ -757,6 +758,42 @@ async def test_unreachable_redis_raises_store_unavailable(
     """With nothing listening, every store operation raises StoreUnavailable."""
     with pytest.raises(StoreUnavailable):
         await operation(unreachable_store)
+
+
+async def test_an_outage_is_logged_once_not_on_every_call(
+    unreachable_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failed calls in a row log one warning (the sweep alone calls twice a second)."""
+    caplog.set_level(logging.WARNING, logger="bot.store")
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable):
+            await unreachable_store.sweep_due()
+
+    warnings = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert warnings == ["state store unavailable reason=could not connect failed_calls=1"]
+
+
+def test_outage_log_repeats_after_its_interval_and_says_when_redis_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new reason or the interval passing logs again, with the count; recovery is logged."""
+    caplog.set_level(logging.WARNING, logger="bot.store")
+    outage = OutageLog(interval_s=0.05)
+    outage.failed("could not connect")
+    outage.failed("could not connect")
+    outage.failed("it did not answer in time")
+    time.sleep(0.06)
+    outage.failed("it did not answer in time")
+    outage.recovered()
+    outage.failed("could not connect")
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "state store unavailable reason=could not connect failed_calls=1",
+        "state store unavailable reason=it did not answer in time failed_calls=3",
+        "state store unavailable reason=it did not answer in time failed_calls=4",
+        "state store answers again after failed_calls=4",
+        "state store unavailable reason=could not connect failed_calls=1",
+    ]
 
 
 async def test_unreachable_redis_fails_ping(unreachable_store: Store) -> None:
