@@ -20,17 +20,16 @@ import hashlib
 import json
 import logging
 import secrets
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import trustme
 from aiohttp import WSMsgType, web
+from fake_server import FakeServer, abort
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class _Connection:
     next_seq: int = 0
 
 
-class FakeMattermost:
+class FakeMattermost(FakeServer[_Connection]):
     """A Mattermost REST API v4 and websocket server on a free 127.0.0.1 port.
 
     Use as `async with FakeMattermost() as fake:` or call `start()` and `stop()`. Pass a
@@ -104,6 +103,7 @@ class FakeMattermost:
     """
 
     def __init__(self, *, tls: trustme.CA | None = None, echo_own_posts: bool = True) -> None:
+        super().__init__()
         self.calls: list[ApiCall] = []
         self.posts: list[dict[str, Any]] = []
         self.sent_events: list[dict[str, Any]] = []
@@ -122,24 +122,16 @@ class FakeMattermost:
         self._passwords: dict[str, str] = {}
         self._channels: dict[str, dict[str, Any]] = {}
         self._injected: dict[str, deque[Callable[[], web.Response]]] = {}
-        self._connections: list[_Connection] = []
         self._answer_pings = True
         self._last_millis = 0
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
         self.add_user(BOT_USER_ID, BOT_USERNAME, is_bot=True, token=BOT_TOKEN)
 
     # -------------------------------------------------------------------------------------
     # lifecycle
 
-    async def start(self) -> None:
-        """Start serving on a port the OS picks; read it back from `port` or `url`."""
-        if self._runner is not None:
-            msg = "FakeMattermost is already running; stop() it before starting it again."
-            raise RuntimeError(msg)
-
+    def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._api_middleware])
         app.router.add_get(WEBSOCKET_PATH, self._handle_websocket)
         app.router.add_post(f"{API_PREFIX}/users/login", self._login)
@@ -148,37 +140,7 @@ class FakeMattermost:
         app.router.add_post(f"{API_PREFIX}/channels/direct", self._create_direct_channel)
         app.router.add_get(f"{API_PREFIX}/channels/{{channel_id}}", self._get_channel)
         app.router.add_route("*", f"{API_PREFIX}/{{tail:.*}}", self._unknown_route)
-
-        # A socket we bind ourselves tells us the port without reaching into aiohttp.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self._server_tls_context()).start()
-
-    async def stop(self) -> None:
-        """Cut every live websocket and shut the server down."""
-        if self._runner is None:
-            return
-
-        for connection in list(self._connections):
-            _abort(connection)
-        await self._runner.cleanup()
-        self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
     def _server_tls_context(self) -> ssl.SSLContext | None:
         if self._tls is None:
@@ -186,14 +148,6 @@ class FakeMattermost:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._tls.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         return context
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on."""
-        if self._port is None:
-            msg = "FakeMattermost has no port until start() has run."
-            raise RuntimeError(msg)
-        return self._port
 
     @property
     def host(self) -> str:
@@ -554,7 +508,7 @@ class FakeMattermost:
         Returns once the server has seen the connections end.
         """
         for connection in list(self._connections):
-            _abort(connection)
+            abort(connection)
         await self._wait_for_no_connections(timeout, "dropped")
 
     async def close_connections(
@@ -1011,9 +965,3 @@ def _check_prefix(path_prefix: str) -> None:
             f"e.g. '/posts'; got {path_prefix!r}."
         )
         raise ValueError(msg)
-
-
-def _abort(connection: _Connection) -> None:
-    """Reset the TCP connection under a websocket, so the client sees no close frame."""
-    if connection.transport is not None:
-        connection.transport.abort()

@@ -16,15 +16,14 @@ import base64
 import itertools
 import json
 import logging
-import socket
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aiohttp import WSMsgType, web
+from fake_server import FakeServer, abort
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class _Connection(NamedTuple):
     ticket: str
 
 
-class FakeSlack:
+class FakeSlack(FakeServer[_Connection]):
     """A Slack Web API and Socket Mode server on a free 127.0.0.1 port.
 
     Use as `async with FakeSlack() as fake:` or call `start()` and `stop()`. Close Socket Mode
@@ -79,6 +78,7 @@ class FakeSlack:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[ApiCall] = []
         self.acks: dict[str, dict[str, Any]] = {}
         self.ack_times: dict[str, float] = {}
@@ -87,14 +87,11 @@ class FakeSlack:
 
         self._users: dict[str, dict[str, Any]] = {}
         self._injected: dict[str, deque[Callable[[], web.Response]]] = {}
-        self._connections: list[_Connection] = []
         self._tickets: set[str] = set()
         self._sent_at: dict[str, float] = {}
         self._changed = asyncio.Condition()
         self._ts_counter = itertools.count(1)
         self._id_counter = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "apps.connections.open": self._apps_connections_open,
@@ -110,55 +107,12 @@ class FakeSlack:
     # -------------------------------------------------------------------------------------
     # lifecycle
 
-    async def start(self) -> None:
-        """Start serving on a port the OS picks; read it back from `port` or `api_url`."""
-        if self._runner is not None:
-            msg = "FakeSlack is already running; stop() it before starting it again."
-            raise RuntimeError(msg)
-
+    def _build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_get("/socket", self._handle_socket)
         app.router.add_post("/response_url/{ref}", self._handle_response_url)
-
-        # A socket we bind ourselves tells us the port without reaching into aiohttp.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    async def stop(self) -> None:
-        """Cut every live socket and shut the server down."""
-        if self._runner is None:
-            return
-
-        for connection in list(self._connections):
-            _abort(connection)
-        await self._runner.cleanup()
-        self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        """The TCP port the fake listens on."""
-        if self._port is None:
-            msg = "FakeSlack has no port until start() has run."
-            raise RuntimeError(msg)
-        return self._port
+        return app
 
     @property
     def base_url(self) -> str:
@@ -304,7 +258,7 @@ class FakeSlack:
         Returns once the server has seen the connections end.
         """
         for connection in list(self._connections):
-            _abort(connection)
+            abort(connection)
 
         def none_open() -> bool:
             return not self._connections
@@ -786,12 +740,6 @@ class FakeSlack:
             raise TimeoutError(msg) from None
         assert result is not None
         return result
-
-
-def _abort(connection: _Connection) -> None:
-    """Reset the TCP connection under a socket, so the client sees no close frame."""
-    if connection.transport is not None:
-        connection.transport.abort()
 
 
 async def _read_params(request: web.Request) -> dict[str, Any]:
