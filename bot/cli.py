@@ -243,10 +243,7 @@ async def _take(
 @pass_context
 def unlock(ctx: Context, service: str, user: str) -> None:
     """Release your deploy lock on SERVICE."""
-    change = ctx.run(
-        lambda rt: rt.leases.release(LeaseKind.LOCK, service, _holder(user), via=CLI_VIA)
-    )
-    _lease_summary(ctx, change, False, False)
+    _release_lease(ctx, LeaseKind.LOCK, service, user)
 
 
 @cli.command()
@@ -255,9 +252,20 @@ def unlock(ctx: Context, service: str, user: str) -> None:
 @pass_context
 def release(ctx: Context, env: str, user: str) -> None:
     """Release your claim on the staging environment ENV."""
-    change = ctx.run(
-        lambda rt: rt.leases.release(LeaseKind.CLAIM, env, _holder(user), via=CLI_VIA)
-    )
+    _release_lease(ctx, LeaseKind.CLAIM, env, user)
+
+
+def _release_lease(
+    ctx: Context, kind: LeaseKind, name: str, user: str, *, force_reason: str | None = None
+) -> None:
+    """Release your own lease, or (admins, with a reason) anyone's."""
+    holder = _holder(user)
+    if force_reason is None:
+        change = ctx.run(lambda rt: rt.leases.release(kind, name, holder, via=CLI_VIA))
+    else:
+        change = ctx.run(
+            lambda rt: rt.leases.force_release(kind, name, holder, force_reason, via=CLI_VIA)
+        )
     _lease_summary(ctx, change, False, False)
 
 
@@ -285,12 +293,7 @@ def extend(ctx: Context, name: str, user: str, ttl: str | None, as_json: bool) -
 @pass_context
 def force_unlock(ctx: Context, service: str, user: str, reason: str) -> None:
     """Admins: release anyone's lock on SERVICE."""
-    change = ctx.run(
-        lambda rt: rt.leases.force_release(
-            LeaseKind.LOCK, service, _holder(user), reason, via=CLI_VIA
-        )
-    )
-    _lease_summary(ctx, change, False, False)
+    _release_lease(ctx, LeaseKind.LOCK, service, user, force_reason=reason)
 
 
 @cli.command("force-release")
@@ -300,12 +303,7 @@ def force_unlock(ctx: Context, service: str, user: str, reason: str) -> None:
 @pass_context
 def force_release(ctx: Context, env: str, user: str, reason: str) -> None:
     """Admins: release anyone's claim on ENV."""
-    change = ctx.run(
-        lambda rt: rt.leases.force_release(
-            LeaseKind.CLAIM, env, _holder(user), reason, via=CLI_VIA
-        )
-    )
-    _lease_summary(ctx, change, False, False)
+    _release_lease(ctx, LeaseKind.CLAIM, env, user, force_reason=reason)
 
 
 @cli.command()

@@ -240,6 +240,23 @@ local function flush_expired(ctx, now)
   return true
 end
 
+-- The lease `caller` may change, with its stored text, or else the answer to give instead:
+-- 'free' (after recording an unnoticed expiry), 'corrupt' or 'not_holder'. When forced,
+-- anyone may, and a corrupt record comes back as a nil lease with its text.
+local function callers_lease(ctx, now, caller, forced)
+  local raw = redis.call('GET', ctx.lease)
+  if not raw then
+    flush_expired(ctx, now)
+    return nil, nil, answer('free', now)
+  end
+  local lease = decode_lease(raw, ctx.kind, ctx.name)
+  if not lease and not forced then return nil, raw, answer('corrupt', now, raw) end
+  if lease and not forced and not same_holder(lease.holder, caller) then
+    return nil, raw, answer('not_holder', now, raw)
+  end
+  return lease, raw, nil
+end
+
 -- The current lease, after recording an unnoticed expiry (which may hand it on).
 local function current(ctx, now)
   local raw = redis.call('GET', ctx.lease)
@@ -290,17 +307,8 @@ local ctx = lease_context()
 local now = now_ms()
 local caller = cjson.decode(ARGV[4])
 local forced = ARGV[5] == '1'
-local raw = redis.call('GET', ctx.lease)
-
-if not raw then
-  flush_expired(ctx, now)
-  return answer('free', now)
-end
-local lease = decode_lease(raw, ctx.kind, ctx.name)
-if not lease and not forced then return answer('corrupt', now, raw) end
-if lease and not forced and not same_holder(lease.holder, caller) then
-  return answer('not_holder', now, raw)
-end
+local lease, raw, refusal = callers_lease(ctx, now, caller, forced)
+if refusal then return refusal end
 
 redis.call('DEL', ctx.lease)
 redis.call('HDEL', ctx.index, field(ctx))
@@ -327,15 +335,8 @@ EXTEND = (
 local ctx = lease_context()
 local now = now_ms()
 local caller = cjson.decode(ARGV[4])
-local raw = redis.call('GET', ctx.lease)
-
-if not raw then
-  flush_expired(ctx, now)
-  return answer('free', now)
-end
-local lease = decode_lease(raw, ctx.kind, ctx.name)
-if not lease then return answer('corrupt', now, raw) end
-if not same_holder(lease.holder, caller) then return answer('not_holder', now, raw) end
+local lease, _, refusal = callers_lease(ctx, now, caller, false)
+if refusal then return refusal end
 
 local ttl = tonumber(ARGV[5])
 lease.expires_at = now + ttl
