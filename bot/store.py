@@ -43,7 +43,9 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
     InvalidResponse,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -659,6 +661,10 @@ class Store:
                 reason = f"Redis answered {text.split()[0]}"
                 self._outage.failed(reason)
                 raise StoreUnavailable(reason) from error
+            refusal = _refusal(error)
+            if refusal:
+                self._outage.failed(refusal)
+                raise StoreUnavailable(refusal) from error
             if "unknown command" in text.lower():
                 log.warning("state store lacks a command; not a Redis 6.2+ server?")
                 raise StoreUnavailable("the server is not a Redis 6.2+ compatible one") from error
@@ -733,6 +739,10 @@ def check_redis_url(url: str) -> None:
         raise _bad_url("names no host")
     if port == 0:
         raise _bad_url("has port 0; the port must be 1-65535")
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    database = database or parse_qs(parts.query).get("db", [""])[0]
+    if database and not (database.isascii() and database.isdigit()):
+        raise _bad_url(f"has the database {database[:20]!r}, which is not a number (/0)")
     unverified = sorted(set(parse_qs(parts.query)) & set(_UNVERIFIED_TLS_OPTIONS))
     if unverified:
         raise UsageError(
@@ -881,6 +891,18 @@ def _reason(error: Exception) -> str:
             f"for {POOL_WAIT_S:g} s"
         )
     return "could not connect"
+
+
+def _refusal(error: ResponseError) -> str | None:
+    """Why Redis refuses every command for a reason deploybot cannot fix, or None."""
+    text = str(error)
+    if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
+        return "Redis is out of memory (its maxmemory is reached)"
+    if isinstance(error, NoPermissionError) or text.startswith("NOPERM"):
+        return "the Redis user may not run deploybot's commands (check its ACL)"
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        return "the database number in the Redis URL does not exist on that server"
+    return None
 
 
 def _cluster_failure(error: RedisClusterException) -> str | None:

@@ -156,6 +156,9 @@ def test_sentinel_and_cluster_urls_are_taken_apart(url: str, expected: Topology)
         ("redis+cluster://:secret-pw@host:7000/1", "only database 0"),
         ("redis+cluster://:secret-pw@host:7000?sentinel_password=secret-pw", "takes no options"),
         ("redis+clusters://:secret-pw@host:7000", "scheme 'redis+clusters'"),
+        ("redis://:secret-pw@host:6379/abc", "database 'abc', which is not a number"),
+        ("rediss://:secret-pw@host:6379/0x1", "not a number"),
+        ("unix://:secret-pw@/run/redis.sock?db=one", "database 'one'"),
     ],
 )
 def test_malformed_urls_are_refused_saying_why_without_secrets(url: str, complaint: str) -> None:

@@ -796,6 +796,32 @@ def test_outage_log_repeats_after_its_interval_and_says_when_redis_is_back(
     ]
 
 
+async def test_redis_out_of_memory_is_reported_politely(store: Store, namespace: str) -> None:
+    """A server at its maxmemory refuses writes: the store says so, nothing crashes."""
+    await store.acquire(LeaseKind.LOCK, "held-before", ALICE, ttl_ms=HOUR_MS)
+    old_limit = (await store.redis.config_get("maxmemory"))["maxmemory"]
+    await store.redis.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailable, match="out of memory"):
+            await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=HOUR_MS)
+    finally:
+        await store.redis.config_set("maxmemory", old_limit)
+    assert await store.get(LeaseKind.LOCK, "backend") is None
+    assert await store.get(LeaseKind.LOCK, "held-before") is not None
+
+
+async def test_a_database_the_server_lacks_is_named(redis_server_url: str, namespace: str) -> None:
+    """/99 on a server with 16 databases is refused with the reason, on every call."""
+    base = redis_server_url.rsplit("/", 1)[0]
+    store = Store(connect(f"{base}/99"), namespace=namespace)
+    try:
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable, match="database number in the Redis URL"):
+                await store.leases()
+    finally:
+        await store.close()
+
+
 async def test_unreachable_redis_fails_ping(unreachable_store: Store) -> None:
     """ping() reports an unreachable server as False rather than raising."""
     assert await unreachable_store.ping() is False
