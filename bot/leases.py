@@ -63,12 +63,24 @@ class LeaseService:
         origin: Origin | None = None,
         via: Origin | None = None,
     ) -> LeaseChange:
-        """Take or refresh a lease; raises LeaseHeld with the holder's details if taken."""
+        """Take or refresh a lease; raises LeaseHeld with the holder's details if taken.
+
+        Without a duration a new lease gets the kind's default, and a refresh keeps the
+        later of its current expiry and now + the default: re-running `lock` in a pipeline
+        never cuts a lease short.
+        """
         name = self.name(kind, raw_name)
         ttl_ms = self.duration(kind, duration)
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.acquire(
-            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via
+            kind,
+            name,
+            holder,
+            ttl_ms=ttl_ms,
+            note=note,
+            origin=origin,
+            via=via,
+            keep_longer=duration is None,
         )
 
     async def release(

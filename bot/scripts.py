@@ -267,7 +267,8 @@ end
 
 # Take a lease if free, refresh it if the caller already holds it, else report the holder.
 # ARGV[4] holder JSON, ARGV[5] note ('' keeps the current note on refresh),
-# ARGV[6] TTL ms, ARGV[7] origin JSON or ''.
+# ARGV[6] TTL ms, ARGV[7] origin JSON or '', ARGV[8] '1' when the TTL is a default, not
+# asked for: then a refresh never shortens the lease.
 ACQUIRE = (
     _PRELUDE
     + """
@@ -281,6 +282,7 @@ if raw then
   local lease = decode_lease(raw, ctx.kind, ctx.name)
   if not lease then return answer('corrupt', now, raw) end
   if not same_holder(lease.holder, holder) then return answer('held', now, raw) end
+  if ARGV[8] == '1' and lease.expires_at > now + ttl then ttl = lease.expires_at - now end
   lease.expires_at = now + ttl
   lease.holder.display = holder.display
   if ARGV[5] ~= '' then lease.note = ARGV[5] end

@@ -287,14 +287,22 @@ class Store:
         note: str = "",
         origin: Origin | None = None,
         via: Origin | None = None,
+        keep_longer: bool = False,
     ) -> LeaseChange:
         """Take the lease, or refresh it when `holder` has it already (same token).
 
         Raises LeaseHeld when someone else holds it and CorruptRecord when the stored value
         cannot be read. `via` (where the command came from) travels with the event, so
         announcements are not repeated in the channel that already saw the reply.
+        `keep_longer` (for a default TTL nobody asked for): a refresh keeps a later expiry.
         """
-        extra = [_dumps(holder.__dict__), note, ttl_ms, _dumps(origin.__dict__) if origin else ""]
+        extra = [
+            _dumps(holder.__dict__),
+            note,
+            ttl_ms,
+            _dumps(origin.__dict__) if origin else "",
+            int(keep_longer),
+        ]
         outcome, lease, now = await self._run_lease_script(self._acquire, kind, name, via, extra)
         if outcome == "held":
             raise LeaseHeld(lease, now)

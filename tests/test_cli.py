@@ -142,6 +142,20 @@ def test_lock_again_by_the_holder_keeps_the_token(cli: Cli) -> None:
     assert again.stdout == first.stdout
 
 
+def test_lock_again_without_ttl_never_shortens_the_lock(cli: Cli) -> None:
+    """A pipeline re-running `lock` keeps a 2 h lock; an explicit --ttl sets the new expiry."""
+    cli("lock", "backend", "--as", "alice", "--ttl", "2h", "-q")
+    first = lease_of(cli, "backend")
+    cli("lock", "backend", "--as", "alice", "-q")
+    kept = lease_of(cli, "backend")
+    cli("lock", "backend", "--as", "alice", "--ttl", "30m", "-q")
+    cut = lease_of(cli, "backend")
+
+    assert first is not None and kept is not None and cut is not None
+    assert kept["expires_at"] == first["expires_at"]
+    assert cut["expires_at"] < first["expires_at"] - 60 * 60_000
+
+
 def test_lock_json_describes_the_lease(cli: Cli) -> None:
     """`lock --json` prints the outcome and the whole lease as JSON."""
     result = cli("lock", "backend", "--as", "alice", "--ttl", "30m", "--note", "v1.2", "--json")

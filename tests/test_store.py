@@ -119,6 +119,22 @@ async def test_acquire_by_holder_refreshes_keeping_token_and_note(
     assert await store.get(kind, "backend") == again.lease
 
 
+async def test_refresh_with_a_default_ttl_never_shortens_the_lease(
+    store: Store, kind: LeaseKind
+) -> None:
+    """A refresh whose TTL is only the default keeps a later expiry; an asked-for TTL wins."""
+    first = await store.acquire(kind, "backend", ALICE, ttl_ms=2 * HOUR_MS)
+
+    kept = await store.acquire(kind, "backend", ALICE, ttl_ms=HOUR_MS, keep_longer=True)
+    assert kept.lease.expires_at == first.lease.expires_at
+    assert await store.redis.pttl(store.key("lease", kind, "backend")) > HOUR_MS
+
+    cut = await store.acquire(kind, "backend", ALICE, ttl_ms=HOUR_MS)
+    assert cut.lease.expires_at == cut.now_ms + HOUR_MS
+    longer = await store.acquire(kind, "backend", ALICE, ttl_ms=3 * HOUR_MS, keep_longer=True)
+    assert longer.lease.expires_at == longer.now_ms + 3 * HOUR_MS
+
+
 async def test_refresh_with_a_note_replaces_the_note(store: Store, kind: LeaseKind) -> None:
     """A refresh that carries a note replaces the old note and keeps the token."""
     first = await store.acquire(kind, "backend", ALICE, ttl_ms=HOUR_MS, note="old")
