@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CRASH = 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+EXIT_TERM = 143  # 128 + SIGTERM, as a shell reports it
 CLI_PLATFORM = "local"
 CLI_VIA = Origin(CLI_PLATFORM, "cli")
 
@@ -232,9 +234,27 @@ async def _take(
             err=True,
         )
 
-    return await rt.leases.acquire_or_wait(
-        kind, name, holder, wait=wait, duration=ttl, note=note, via=CLI_VIA, on_waiting=waiting
-    )
+    # A CI runner cancels a job with SIGTERM: stop waiting and leave the waitlist, as Ctrl-C
+    # does, instead of dying in line (the place would only lapse when the wait runs out).
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    terminated = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        if task is not None:
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await rt.leases.acquire_or_wait(
+            kind, name, holder, wait=wait, duration=ttl, note=note, via=CLI_VIA, on_waiting=waiting
+        )
+    except asyncio.CancelledError:
+        if terminated:
+            fail(f"stopped by SIGTERM; left the waitlist for {name.strip().lower()}.", EXIT_TERM)
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 @cli.command()

@@ -99,13 +99,15 @@ class LeaseService:
         note: str = "",
         origin: Origin | None = None,
         via: Origin | None = None,
+        wait_ms: int | None = None,
     ) -> WaitlistResult:
-        """Wait for a lease; when it frees up the first waiter gets it (or is told)."""
+        """Wait for a lease; when it frees up the first waiter gets it (or is told).
+        With `wait_ms` the place in line lapses after that long."""
         name = self.name(kind, raw_name)
         ttl_ms = self.duration(kind, duration) if duration is not None else None
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.join_waitlist(
-            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via
+            kind, name, holder, ttl_ms=ttl_ms, note=note, origin=origin, via=via, wait_ms=wait_ms
         )
 
     async def acquire_or_wait(
@@ -136,7 +138,7 @@ class LeaseService:
             pass
         name = self.name(kind, raw_name)
         joined = await self.join_waitlist(
-            kind, name, holder, duration=duration, note=note, via=via
+            kind, name, holder, duration=duration, note=note, via=via, wait_ms=wait_ms
         )
         if joined.outcome == "acquired" and joined.lease is not None:
             return LeaseChange(joined.lease, joined.now_ms, "acquired")

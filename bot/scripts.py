@@ -204,14 +204,17 @@ local function remove_waiter(ctx, holder)
 end
 
 -- The resource just became free: give it to the first waiter ('auto'), or tell them
--- ('notify'). Unreadable waitlist entries are dropped. The new lease keeps the freed one's
--- channel for its announcements unless the waiter asked from a channel of their own.
+-- ('notify'). Unreadable waitlist entries are dropped, and so are waiters whose wait ran
+-- out (a `--wait` that was killed could not leave the waitlist itself). The new lease keeps
+-- the freed one's channel for its announcements unless the waiter asked from a channel of
+-- their own.
 local function hand_off(ctx, now, freed)
   while true do
     local raw = redis.call('LPOP', ctx.queue)
     if not raw then return end
     local ok, waiter = pcall(cjson.decode, raw)
-    if ok and type(waiter) == 'table' and type(waiter.holder) == 'table' then
+    if ok and type(waiter) == 'table' and type(waiter.holder) == 'table'
+       and not (tonumber(waiter.gives_up_at) and tonumber(waiter.gives_up_at) < now) then
       if POLICY.handoff == 'auto' then
         local ttl = tonumber(waiter.ttl) or POLICY.ttl[ctx.kind]
         local origin = waiter.origin
@@ -351,7 +354,9 @@ return answer('extended', now, encoded)
 # Join the waitlist (idempotent). A free resource is taken at once in 'auto' mode.
 # Outcomes: 'holding' (the caller holds it already), 'waiting' (with the position),
 # 'acquired' (it was free), 'free' ('notify' mode), 'corrupt'.
-# ARGV[4] holder JSON, ARGV[5] note, ARGV[6] TTL ms or '', ARGV[7] origin JSON or ''.
+# ARGV[4] holder JSON, ARGV[5] note, ARGV[6] TTL ms or '', ARGV[7] origin JSON or '',
+# ARGV[8] how long the caller will wait, ms, or '' (no limit). Joining again keeps the
+# place in line and takes the new note, TTL and wait.
 JOIN_WAITLIST = (
     _PRELUDE
     + """
@@ -364,11 +369,15 @@ if raw then
   local lease = decode_lease(raw, ctx.kind, ctx.name)
   if not lease then return answer('corrupt', now, raw) end
   if same_holder(lease.holder, holder) then return answer('holding', now, raw) end
-  local position = waiter_position(ctx, holder)
-  if position then return answer('waiting', now, raw, position) end
   local waiter = {holder = holder, note = ARGV[5], since = now}
   if ARGV[6] ~= '' then waiter.ttl = tonumber(ARGV[6]) end
   if ARGV[7] ~= '' then waiter.origin = cjson.decode(ARGV[7]) end
+  if ARGV[8] ~= '' then waiter.gives_up_at = now + tonumber(ARGV[8]) end
+  local position = waiter_position(ctx, holder)
+  if position then
+    redis.call('LSET', ctx.queue, position - 1, cjson.encode(waiter))
+    return answer('waiting', now, raw, position)
+  end
   position = redis.call('RPUSH', ctx.queue, cjson.encode(waiter))
   emit(ctx, 'queued', now, with_via(ctx, cjson.encode({holder = holder, position = position})))
   return answer('waiting', now, raw, position)

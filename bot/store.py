@@ -388,13 +388,19 @@ class Store:
         note: str = "",
         origin: Origin | None = None,
         via: Origin | None = None,
+        wait_ms: int | None = None,
     ) -> WaitlistResult:
-        """Wait for the lease (idempotent); a free one is taken at once in 'auto' mode."""
+        """Wait for the lease (idempotent); a free one is taken at once in 'auto' mode.
+
+        With `wait_ms` the place in line lapses after that long, so a waiter that died
+        without leaving (a killed pipeline) is never handed the lease.
+        """
         extra = [
             _dumps(holder.__dict__),
             note,
             ttl_ms or "",
             _dumps(origin.__dict__) if origin else "",
+            wait_ms or "",
         ]
         outcome, now, position, raw = await self._lease_script(self._join, kind, name, via, extra)
         if outcome == "corrupt":
@@ -423,9 +429,11 @@ class Store:
         return _text(result[0]) == "left"
 
     async def waiters(self, kind: LeaseKind, name: str) -> list[Holder]:
-        """Who waits for the lease, first in line first; unreadable entries are skipped."""
+        """Who waits for the lease, first in line first; unreadable entries and waits that
+        ran out are skipped."""
         raws = await self._call(self._redis.lrange, self.key("queue", kind, name), 0, -1)
-        return [holder for holder in map(_waiter_holder, raws) if holder]
+        now = await self.now_ms()
+        return [holder for raw in raws if (holder := _waiter_holder(raw, now))]
 
     async def get(self, kind: LeaseKind, name: str) -> Lease | None:
         """The current lease on `name`, or None when it is free."""
@@ -468,7 +476,7 @@ class Store:
             except CorruptRecord:
                 corrupt.append(key)
                 continue
-            holders = [holder for holder in map(_waiter_holder, queue) if holder]
+            holders = [holder for raw in queue if (holder := _waiter_holder(raw, now))]
             if holders:
                 waiters[entry] = holders
         return LeaseListing(leases, corrupt, now, waiters, more)
@@ -1169,11 +1177,14 @@ def _events(entries: Any) -> list[Event]:
     return events
 
 
-def _waiter_holder(raw: str | bytes) -> Holder | None:
-    """The holder in a waitlist entry, or None for an unreadable one."""
+def _waiter_holder(raw: str | bytes, now_ms: int) -> Holder | None:
+    """The holder in a waitlist entry, or None for an unreadable one or a wait that ran out."""
     try:
-        return Holder.from_dict(json.loads(raw)["holder"])
-    except (ValueError, KeyError, TypeError):
+        waiter = json.loads(raw)
+        if int(waiter.get("gives_up_at") or now_ms) < now_ms:
+            return None
+        return Holder.from_dict(waiter["holder"])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

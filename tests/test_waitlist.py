@@ -4,6 +4,7 @@ the CLI's `lock --wait`, through the command handler, the store scripts and the 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -299,6 +300,57 @@ async def test_cli_wait_times_out_and_leaves_the_waitlist(
     assert await store.waiters(LeaseKind.LOCK, "backend") == []
     lease = await store.get(LeaseKind.LOCK, "backend")
     assert lease is not None and lease.holder == ALICE
+
+
+async def test_cli_wait_stopped_by_sigterm_leaves_the_waitlist(
+    store: Store,
+    settings: Settings,
+    redis_server_url: str,
+    tmp_path: Path,
+    waiting_cli: list[asyncio.subprocess.Process],
+) -> None:
+    """A CI runner cancelling the job (SIGTERM) takes the pipeline out of line: exit 143,
+    nobody waiting, and the lock is not handed to a process that is gone."""
+    await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000)
+    env = cli_env(redis_server_url, settings.namespace, tmp_path)
+    process = await start_cli(
+        waiting_cli, env, tmp_path, "lock", "backend", "--as", "ci-bot", "--wait", "5m"
+    )
+
+    async def ci_waiting() -> bool:
+        return await store.waiters(LeaseKind.LOCK, "backend") == [CI]
+
+    await wait_for(ci_waiting, "ci-bot on the waitlist", limit=20)
+    process.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+
+    assert process.returncode == 143, err.decode()
+    assert "stopped by SIGTERM; left the waitlist for backend" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert await store.waiters(LeaseKind.LOCK, "backend") == []
+    await store.release(LeaseKind.LOCK, "backend", ALICE)
+    assert await store.get(LeaseKind.LOCK, "backend") is None
+
+
+async def test_a_waiter_whose_wait_ran_out_is_skipped_at_handoff(store: Store) -> None:
+    """A killed `--wait` cannot leave the line; once its wait is over it is dropped: not
+    listed, not handed the lock. Joining again renews the wait and keeps the place."""
+    await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000)
+    await store.join_waitlist(LeaseKind.LOCK, "backend", CI, wait_ms=300)
+    await store.join_waitlist(LeaseKind.LOCK, "backend", BOB, wait_ms=300)
+    renewed = await store.join_waitlist(LeaseKind.LOCK, "backend", BOB, wait_ms=3_600_000)
+    assert renewed.outcome == "waiting" and renewed.position == 2
+
+    async def lapsed() -> bool:
+        return await store.waiters(LeaseKind.LOCK, "backend") == [BOB]
+
+    await wait_for(lapsed, "ci-bot's wait to run out", limit=10)
+    listing = await store.leases(name="backend")
+    assert listing.waiters == {"lock:backend": [BOB]}
+    await store.release(LeaseKind.LOCK, "backend", ALICE)
+
+    lease = await store.get(LeaseKind.LOCK, "backend")
+    assert lease is not None and lease.holder == BOB
 
 
 async def test_a_wait_that_runs_out_as_the_lock_is_handed_over_does_not_keep_it(
