@@ -498,10 +498,19 @@ def server_stop(ctx: Context) -> None:
 
 def _holder(user: str) -> Holder:
     """The holder a CLI or console user acts as; the same identity in both."""
-    name = clean_text(user.strip())
-    if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
-        fail(f"--as needs a name of 1 to 64 characters without spaces, not {user!r}.", EXIT_USAGE)
-    if any(ch.isupper() for ch in name):
+    name = user.strip()
+    if (
+        not name
+        or len(name) > 64
+        or clean_text(name) != name
+        or any(ch.isspace() or not ch.isprintable() for ch in name)
+    ):
+        fail(
+            f"--as needs a name of 1 to 64 printable characters without spaces, not {user!r}.",
+            EXIT_USAGE,
+        )
+    # For a person at a terminal; a pipeline would see it on every run.
+    if any(ch.isupper() for ch in name) and sys.stderr.isatty():
         click.echo(
             f"deploybot: note that names are case-sensitive: {name!r} is not {name.lower()!r}.",
             err=True,

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 from bot.model import Holder, Lease
 
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, DCS, SOS, PM, APC: titles, links
+    r"|\x1b[ -~]"  # other two-character escapes
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # control characters, C1 included
+)
 
 
 def clean_text(text: str) -> str:

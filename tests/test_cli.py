@@ -156,6 +156,14 @@ def test_lock_again_without_ttl_never_shortens_the_lock(cli: Cli) -> None:
     assert cut["expires_at"] < first["expires_at"] - 60 * 60_000
 
 
+def test_a_capitalised_name_from_a_pipeline_gets_no_case_note(cli: Cli) -> None:
+    """The case-sensitivity note is for people at a terminal, not every CI run."""
+    result = cli("lock", "backend", "--as", "CI-Bot", "-q")
+
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stderr == ""
+
+
 def test_lock_json_describes_the_lease(cli: Cli) -> None:
     """`lock --json` prints the outcome and the whole lease as JSON."""
     result = cli("lock", "backend", "--as", "alice", "--ttl", "30m", "--note", "v1.2", "--json")
@@ -197,6 +205,7 @@ def test_lock_held_by_someone_else_exits_1_with_the_holder_on_stderr(cli: Cli) -
         (["lock", "backend", "--as", "bob", "--ttl", "30s"], "too short"),
         (["lock", "backend", "--as", "bob", "--ttl", "2d"], "too long"),
         (["lock", "backend", "--as", "bob b"], "--as"),
+        (["lock", "backend", "--as", "a\x1b[31mb"], "printable"),
         (["lock", "backend", "--as", "bob", "--note", "n" * 501], "note"),
         (["lock", "backend", "--bogus"], "--bogus"),
         (["lock", "--as", "bob"], "SERVICE"),

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import InvalidName, UnknownName
+from bot.messages import clean_text
 from bot.names import MAX_NAME_LENGTH, normalize_job_name, normalize_name, suggest
 
 SAFE_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
@@ -123,3 +124,18 @@ def test_normalize_name_accepts_only_safe_names(raw: str, known: list[str]) -> N
         return
     assert SAFE_NAME.fullmatch(name)
     assert not known or name in known
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("deploy \x1b[31mred\x1b[0m", "deploy red"),
+        ("a\x1b]0;new title\x07b", "ab"),
+        ("see \x1b]8;;https://evil.example\x1b\\here\x1b]8;;\x1b\\", "see here"),
+        ("bell\x07 and nul\x00", "bell and nul"),
+        ("tab\tand\nnewline kept, é 日本 too", "tab\tand\nnewline kept, é 日本 too"),
+    ],
+)
+def test_clean_text_removes_every_terminal_escape(text: str, expected: str) -> None:
+    """Notes end up in terminals: colours, window titles and hidden links are all removed."""
+    assert clean_text(text) == expected
