@@ -26,7 +26,7 @@ from bot.embedded import EmbeddedServerError, EmbeddedSetupError, server_running
 from bot.errors import DeploybotError, StoreUnavailable
 from bot.logs import configure_logging
 from bot.messages import Part, When, clean_text
-from bot.model import Holder, LeaseKind, Origin
+from bot.model import Holder, Lease, LeaseKind, Origin
 from bot.render import render_plain, resolve_zone
 from bot.replies import history_parts, jobs_parts, lease_change_parts, status_parts
 from bot.runtime import Runtime, open_runtime
@@ -50,6 +50,7 @@ class Context:
         self.settings = settings
         self.redis_url = redis_url
         self.zone = resolve_zone(settings.timezone)
+        self.json_output = False  # --json: refusals go to stdout as JSON as well
 
     def run(self, work: Callable[[Runtime], Awaitable[T]]) -> T:
         """Run `work` against a fresh runtime; expected failures exit with their status."""
@@ -60,7 +61,10 @@ class Context:
             async with open_runtime(self.settings, Secrets(), redis_url=self.redis_url) as rt:
                 return await work(rt)
         except DeploybotError as error:
-            fail(render_plain(error.parts(), self.zone), error.exit_code)
+            message = render_plain(error.parts(), self.zone)
+            if self.json_output:
+                click.echo(json.dumps(_refusal_json(error, message), indent=2))
+            fail(message, error.exit_code)
         except EmbeddedSetupError as error:
             fail(str(error), EXIT_USAGE)
         except EmbeddedServerError as error:
@@ -73,6 +77,21 @@ class Context:
     def show(self, *parts: Part) -> None:
         """Print parts rendered as plain text."""
         click.echo(render_plain(parts, self.zone).rstrip())
+
+
+def _one_output(*, quiet: bool, as_json: bool) -> None:
+    if quiet and as_json:
+        raise click.UsageError("Use either -q (the token alone) or --json, not both.")
+
+
+def _refusal_json(error: DeploybotError, message: str) -> dict[str, Any]:
+    """What --json prints when a command is refused: why, the exit code, the lease held."""
+    outcome = {EXIT_REFUSED: "refused", EXIT_USAGE: "invalid"}.get(error.exit_code, "unavailable")
+    payload: dict[str, Any] = {"outcome": outcome, "error": message, "exit_code": error.exit_code}
+    lease = getattr(error, "lease", None)
+    if isinstance(lease, Lease):
+        payload["lease"] = lease.to_dict()
+    return payload
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -94,7 +113,22 @@ as_option = click.option(
     help="Who is acting (the holder's name).",
 )
 ttl_option = click.option("--ttl", help="Duration such as 30m, 2h, 1h30m, 1d.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _json_requested(click_ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Note --json on the shared Context, so a refusal is printed as JSON too."""
+    if value:
+        click_ctx.ensure_object(Context).json_output = True
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_json_requested,
+    help="Print JSON (a refusal too, with its exit code).",
+)
 wait_option = click.option(
     "--wait",
     metavar="DUR",
@@ -181,6 +215,7 @@ def lock(
     as_json: bool,
 ) -> None:
     """Take the deploy lock on SERVICE (exit 1 if someone else holds it)."""
+    _one_output(quiet=quiet, as_json=as_json)
     change = ctx.run(lambda rt: _take(rt, LeaseKind.LOCK, service, user, ttl, note, wait))
     _lease_summary(ctx, change, quiet, as_json)
 
@@ -208,6 +243,7 @@ def claim(
 ) -> None:
     """Claim the staging environment ENV (exit 1 if someone else has it)."""
     text = " ".join(part for part in (branch, note) if part)
+    _one_output(quiet=quiet, as_json=as_json)
     change = ctx.run(lambda rt: _take(rt, LeaseKind.CLAIM, env, user, ttl, text, wait))
     _lease_summary(ctx, change, quiet, as_json)
 

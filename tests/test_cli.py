@@ -194,6 +194,32 @@ def test_lock_held_by_someone_else_exits_1_with_the_holder_on_stderr(cli: Cli) -
     assert_no_traceback(result)
 
 
+def test_a_refused_lock_with_json_prints_json_too(cli: Cli) -> None:
+    """A script asking for --json gets JSON on a refusal as well: why, the exit code, and
+    the lease as it is held."""
+    cli("lock", "backend", "--as", "alice", "--note", "INC-12")
+
+    result = cli("lock", "backend", "--as", "bob", "--json")
+
+    assert result.returncode == EXIT_REFUSED
+    data = json.loads(result.stdout)
+    assert data["outcome"] == "refused" and data["exit_code"] == EXIT_REFUSED
+    assert "held by alice" in data["error"]
+    assert data["lease"]["holder"]["user_id"] == "alice"
+    assert data["lease"]["note"] == "INC-12"
+    assert "alice" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_quiet_and_json_together_are_refused_before_anything_changes(cli: Cli) -> None:
+    """-q prints the token alone and --json a document: asking for both is a usage error."""
+    result = cli("lock", "backend", "--as", "alice", "-q", "--json")
+
+    assert result.returncode == EXIT_USAGE
+    assert "either -q" in result.stderr
+    assert lease_of(cli, "backend") is None
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -255,13 +281,17 @@ def test_usage_and_validation_errors_exit_2_and_change_nothing(
     ],
 )
 def test_unreachable_redis_exits_3_with_a_clear_message(cli: Cli, args: list[str]) -> None:
-    """With Redis unreachable every state command exits 3, one clear line, no traceback."""
+    """With Redis unreachable every state command exits 3, one clear line, no traceback
+    (and with --json, the same as JSON on stdout)."""
     url = f"redis://127.0.0.1:{free_loopback_port()}/0"
 
     result = cli("--redis-url", url, *args)
 
     assert result.returncode == EXIT_UNAVAILABLE
-    assert result.stdout == ""
+    if "--json" in args:
+        assert json.loads(result.stdout)["outcome"] == "unavailable"
+    else:
+        assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         "deploybot: The state store is unavailable (could not connect), so nothing changed. "
         "Try again shortly."
