@@ -749,8 +749,10 @@ def check_redis_url(url: str) -> None:
         port = parts.port
     except ValueError:
         raise _bad_url("is malformed") from None
+    if not parts.scheme or "://" not in url:
+        raise _bad_url("is not a URL")
     if parts.scheme not in _PLAIN_SCHEMES:
-        raise _bad_url(f"has the scheme {parts.scheme or 'none'!r}")
+        raise _bad_url(f"has the scheme {parts.scheme!r}")
     if parts.scheme != "unix" and not parts.hostname:
         raise _bad_url("names no host")
     if port == 0:

@@ -157,6 +157,8 @@ def test_sentinel_and_cluster_urls_are_taken_apart(url: str, expected: Topology)
         ("redis+cluster://:secret-pw@host:7000?sentinel_password=secret-pw", "takes no options"),
         ("redis+clusters://:secret-pw@host:7000", "scheme 'redis+clusters'"),
         ("redis://:secret-pw@host:6379/abc", "database 'abc', which is not a number"),
+        ("not a url", "is not a URL"),
+        ("localhost:6379", "is not a URL"),
         ("rediss://:secret-pw@host:6379/0x1", "not a number"),
         ("unix://:secret-pw@/run/redis.sock?db=one", "database 'one'"),
     ],
