@@ -201,7 +201,12 @@ class CorruptRecord(DeploybotError):
 
 class CorruptState(DeploybotError):
     """A deploybot key holds the wrong kind of value (changed by hand), e.g. a string where
-    a hash belongs; the operation was refused before changing anything."""
+    a hash belongs.
+
+    Redis reports this only when a script reaches the command on that key, and a script's
+    earlier writes stay: a lock may be taken although its timeline entry failed. So the
+    message cannot promise that nothing changed.
+    """
 
     exit_code = 1
 
@@ -209,8 +214,8 @@ class CorruptState(DeploybotError):
         self.prefix = prefix
         super().__init__(
             "Part of deploybot's state in Redis holds the wrong kind of value (a key under "
-            f"{prefix} was changed by hand), so I changed nothing. An admin should inspect "
-            "or delete that key."
+            f"{prefix} was changed by hand), so I could not finish: the change may be only "
+            "partly made. An admin should inspect or delete that key, then check `status`."
         )
 
 
