@@ -93,9 +93,11 @@ def waitlist_parts(
     line: list[Part] = [Mention(who), " is number ", str(result.position), " in line for ", name]
     if lease is not None:
         line += [" (held by ", Mention(lease.holder), " until ", When(lease.expires_at, now), ")"]
+    # The console has no DMs: the announcer prints a local user's direct messages there.
+    told = "be told in the console" if who.platform == "local" else "get a DM"
     line.append(
         ". " + ("You are next" if ahead == 0 else f"{ahead} ahead of you") + "; "
-        "you will get a DM when it is yours. Say `leave` to stop waiting."
+        f"you will {told} when it is yours. Say `leave` to stop waiting."
     )
     return line
 
