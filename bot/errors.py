@@ -58,6 +58,22 @@ class InvalidName(UsageError):
         super().__init__(reason)
 
 
+class NameLooksLikeDuration(InvalidName):
+    """A new lease's name reads as a duration (`lock 1h`): almost surely the name was left
+    out, and taking a lease called `1h` would only puzzle everyone later."""
+
+    def __init__(self, name: str, what: str, usage: str) -> None:
+        self.usage = usage
+        shown = name.strip().lower()
+        article = "an" if what[:1] in "aeiou" else "a"
+        super().__init__(
+            name,
+            what,
+            f"`{shown}` looks like a duration, not {article} {what} name; give the {what} "
+            f"first: `{usage} {shown}`.",
+        )
+
+
 class UnknownName(UsageError):
     """A name is valid but not among the configured services or environments."""
 

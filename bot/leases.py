@@ -17,12 +17,15 @@ from bot.durations import parse_duration
 from bot.errors import LeaseHeld, NotAdmin, NotHeld, NotHolder, UsageError, WaitTimedOut
 from bot.messages import one_line
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
-from bot.names import normalize_name
+from bot.names import normalize_name, normalize_new_name
 from bot.store import LeaseChange, LeaseListing, Store, WaitlistResult
 
 MAX_NOTE_LENGTH = 500
 WAIT_POLL_S = 0.5
 MAX_REASON_LENGTH = 500
+
+# Where a lease's name goes, shown when a new lease's name reads as a duration.
+_PLACEHOLDERS = {LeaseKind.LOCK: "<service>", LeaseKind.CLAIM: "<env>"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,18 @@ class LeaseService:
         """Validate a service or environment name against the rules and the config."""
         return normalize_name(raw, kind.resource, self._settings.known_names(kind))
 
+    def new_name(
+        self, kind: LeaseKind, raw: str, command: str, *, duration_option: str = ""
+    ) -> str:
+        """`name`, for a lease `command` is about to take or wait for: a name that reads as
+        a duration (`lock 1h`) is refused unless the config lists it. The refusal shows
+        `command`, the name's place and `duration_option` (the CLI's `--ttl`) before the
+        duration."""
+        usage = " ".join(part for part in (command, _PLACEHOLDERS[kind], duration_option) if part)
+        return normalize_new_name(
+            raw, kind.resource, self._settings.known_names(kind), usage=usage
+        )
+
     def duration(self, kind: LeaseKind, text: str | None) -> int:
         """Milliseconds for `text`, or the kind's default; bounded by the kind's maximum."""
         limits = self._settings.lease(kind)
@@ -64,7 +79,7 @@ class LeaseService:
         via: Origin | None = None,
     ) -> LeaseChange:
         """Take or refresh a lease; raises LeaseHeld with the holder's details if taken."""
-        name = self.name(kind, raw_name)
+        name = self.new_name(kind, raw_name, str(kind))
         ttl_ms = self.duration(kind, duration)
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.acquire(
@@ -89,7 +104,7 @@ class LeaseService:
         via: Origin | None = None,
     ) -> WaitlistResult:
         """Wait for a lease; when it frees up the first waiter gets it (or is told)."""
-        name = self.name(kind, raw_name)
+        name = self.new_name(kind, raw_name, "queue")
         ttl_ms = self.duration(kind, duration) if duration is not None else None
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.join_waitlist(

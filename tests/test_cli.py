@@ -194,6 +194,8 @@ def test_lock_held_by_someone_else_exits_1_with_the_holder_on_stderr(cli: Cli) -
         (["check", "backend", "--token", "abc"], "token"),
         (["history", "backend", "-n", "0"], "count"),
         (["status", "nope!"], "nope!"),
+        (["lock", "1h", "--as", "alice"], "`deploybot lock <service> --ttl 1h`"),
+        (["claim", "2h", "--as", "alice", "--wait", "5m"], "`deploybot claim <env> --ttl 2h`"),
         (["job", "set", "bad name", "--status", "ok", "--as", "ci"], "bad name"),
         (["job", "set", "build", "--status", "ok", "--url", "ftp://x", "--as", "ci"], "http"),
         (["frobnicate"], "frobnicate"),

@@ -352,6 +352,25 @@ async def test_unlock_without_a_service_asks_which_listing_what_the_sender_holds
     assert await snapshot(store) == before
 
 
+async def test_a_lock_on_a_duration_is_refused_so_unlock_never_suggests_one(
+    commands: CommandHandler, store: Store
+) -> None:
+    """`lock 1h` and `queue 5m` take no lease called `1h` or `5m`; a bare `unlock` then
+    suggests a real service, not a duration."""
+    await say(commands, "lock backend")
+    before = await snapshot(store)
+
+    lock, lock_text = await say(commands, "lock 1h")
+    queue, queue_text = await say(commands, "queue 5m", who="bob")
+    _, unlock_text = await say(commands, "unlock")
+
+    assert_polite_refusal(lock, lock_text)
+    assert_polite_refusal(queue, queue_text)
+    assert "`queue <service> 5m`" in queue_text
+    assert await snapshot(store) == before
+    assert "e.g. `unlock backend`" in unlock_text
+
+
 async def test_unlock_without_a_service_holding_nothing_still_asks_politely(
     commands: CommandHandler, store: Store
 ) -> None:
@@ -641,6 +660,9 @@ BAD_INPUTS = [
     ("alice", "extend backend 0m", ["positive"]),
     ("alice", "extend backend 25h", ["25h", "1 day"]),
     ("alice", "extend staging-2 30d", ["30d", "7 days"]),
+    ("bob", "lock 1h", ["`1h` looks like a duration, not a service name", "`lock <service> 1h`"]),
+    ("bob", "lock 5m frontend", ["`5m` looks like a duration", "`lock <service> 5m`"]),
+    ("bob", "claim 2h", ["`2h` looks like a duration, not an environment", "`claim <env> 2h`"]),
     ("bob", "lock bad/name", ["bad/name", "letters, digits"]),
     ("bob", "lock front;end", ["front;end"]),
     ("bob", "claim {staging}:x", ["{staging}:x"]),
