@@ -299,7 +299,8 @@ class CommandHandler:
         if len(names) > 1:
             raise UsageError("`status` takes at most one name: `status backend`.")
         listing = await self._leases.status(names[0] if names else None, limit=STATUS_LIMIT)
-        parts = status_parts(self._settings, listing, kinds, bool(names))
+        left_out = await self._leases.left_out(listing)
+        parts = status_parts(self._settings, listing, kinds, bool(names), left_out=left_out)
         return Reply.of(parts, private=True)
 
     async def _history(self, message: Message, args: list[str]) -> Reply:
