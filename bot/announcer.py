@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from bot.chat import ChatPlatform
 from bot.config import Settings
 from bot.durations import format_span
-from bot.errors import DeploybotError, StoreUnavailable
+from bot.errors import CorruptRecord, DeploybotError, StoreUnavailable
 from bot.messages import Code, Mention, Part, Reply, When
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.store import Store
@@ -50,14 +50,19 @@ class Delivery:
     thread: str | None = None
 
 
-def plan(event: Event, settings: Settings, now_ms: int | None = None) -> list[Delivery]:
+def plan(
+    event: Event, settings: Settings, now_ms: int | None = None, *, ended: bool = False
+) -> list[Delivery]:
     """Who is told what about one event, as of `now_ms` (Redis time). Pure: no I/O.
 
     Times in the text are relative to when it is announced, which after downtime can be
-    long after the event was recorded.
+    long after the event was recorded; such announcements are marked late. `ended` says
+    the lease a handoff gave has ended since (the caller looked), so it is not called yours.
     """
     if now_ms is not None:
         event = replace(event, data={**event.data, "_now": now_ms})
+    if ended:
+        event = replace(event, data={**event.data, "_ended": True})
     lease = _lease_of(event)
     if event.type == "reminder" and lease is not None:
         return [_direct(lease.holder, _reminder(event, lease))]
@@ -134,12 +139,28 @@ class Announcer:
         another takes the event over later and posts what was not marked done: at worst a
         post made in the instant before the crash is repeated, never one lost.
         """
-        for number, delivery in enumerate(plan(event, self._settings, now_ms)):
+        ended = await self._handoff_ended(event)
+        for number, delivery in enumerate(plan(event, self._settings, now_ms, ended=ended)):
             mark = f"{event.id}:{number}"
             if await self._store.is_marked("announced", mark):
                 continue
             await self._send(delivery, event)
             await self._store.mark("announced", mark, ttl_s=SEEN_TTL_S)
+
+    async def _handoff_ended(self, event: Event) -> bool:
+        """Whether the lease a handoff event gave is gone (released, expired, taken anew).
+
+        Announced after downtime, a handoff can be long over; its holder must not be told
+        the lease is theirs. A record that cannot be read tells nothing either way.
+        """
+        lease = _lease_of(event)
+        if not event.data.get("handoff") or lease is None:
+            return False
+        try:
+            current = await self._store.get(lease.kind, lease.name)
+        except CorruptRecord:
+            return False
+        return current is None or current.token != lease.token
 
     async def _send(self, delivery: Delivery, event: Event) -> None:
         platform = self._platforms.get(delivery.platform)
@@ -196,11 +217,13 @@ def _now(event: Event) -> int:
 
 
 def _late(event: Event) -> list[Part]:
-    """A note for something announced well after it was due (deploybot was down)."""
+    """A note for something announced well after it was due or happened (deploybot was
+    down): every announcement ends with it, so old news never reads as current."""
     due = event.data.get("due_at")
-    if isinstance(due, int | float) and _now(event) - due > LATE_AFTER_MS:
-        span = format_span(_now(event) - int(due))
-        return [f" (late: this was due {span} ago, while deploybot was not running)"]
+    at, what = (int(due), "was due") if isinstance(due, int | float) else (event.at, "happened")
+    if _now(event) - at > LATE_AFTER_MS:
+        span = format_span(_now(event) - at)
+        return [f" (late: this {what} {span} ago, while deploybot was not running)"]
     return []
 
 
@@ -291,7 +314,11 @@ def _released(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
             _direct(
                 lease.holder,
                 Reply.of(
-                    who, f" force-released your {lease.kind} on ", Code(lease.name), f": {reason}."
+                    who,
+                    f" force-released your {lease.kind} on ",
+                    Code(lease.name),
+                    f": {reason}.",
+                    _late(event),
                 ),
             )
         )
@@ -302,43 +329,25 @@ def _released(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
             f"'s {lease.kind} on ",
             Code(lease.name),
             f": {reason}.",
+            _late(event),
         )
         return deliveries + _channels(lease, settings, channel, via=via, everywhere=True)
 
     if lease.kind is LeaseKind.CLAIM:
-        channel = Reply.of(Code(lease.name), " is free: ", Mention(lease.holder), " released it.")
+        channel = Reply.of(
+            Code(lease.name), " is free: ", Mention(lease.holder), " released it.", _late(event)
+        )
         return _channels(lease, settings, channel, via=via, everywhere=True)
     if not settings.announce_lock_release and not _from_cli(via):
         return []
-    channel = Reply.of(Mention(lease.holder), " unlocked ", Code(lease.name), ".")
+    channel = Reply.of(Mention(lease.holder), " unlocked ", Code(lease.name), ".", _late(event))
     return _channels(lease, settings, channel, via=via, everywhere=_from_cli(via))
 
 
 def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
     via = _via(event)
     if event.data.get("handoff"):
-        dm = Reply.of(
-            f"You were first in line: the {lease.kind} on ",
-            Code(lease.name),
-            " is yours until ",
-            When(lease.expires_at, _now(event)),
-            ". Token ",
-            Code(str(lease.token)),
-            ".",
-            leases=[lease],
-        )
-        channel = Reply.of(
-            Mention(lease.holder),
-            " got ",
-            Code(lease.name),
-            " from the waitlist, until ",
-            When(lease.expires_at, _now(event)),
-            ".",
-        )
-        return [
-            _direct(lease.holder, dm),
-            *_channels(lease, settings, channel, via=None, everywhere=True),
-        ]
+        return _handoff(event, lease, settings)
     if not _from_cli(via):
         return []  # the chat reply already said it where it was asked
     verbs = {
@@ -356,8 +365,57 @@ def _taken(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
         When(lease.expires_at, _now(event)),
         note,
         ".",
+        _late(event),
     )
     return _channels(lease, settings, channel, via=via, everywhere=True)
+
+
+def _handoff(event: Event, lease: Lease, settings: Settings) -> list[Delivery]:
+    """The first waiter got the lease: a DM to them, and the channels. If it has ended by
+    the time this is announced (after downtime), both say so instead of until when."""
+    late, token = _late(event), Code(str(lease.token))
+    if event.data.get("_ended"):
+        dm = Reply.of(
+            f"You were first in line: the {lease.kind} on ",
+            Code(lease.name),
+            " was handed to you (token ",
+            token,
+            "), and it has ended since.",
+            late,
+        )
+        channel = Reply.of(
+            Mention(lease.holder),
+            " got ",
+            Code(lease.name),
+            f" from the waitlist; that {lease.kind} has ended since.",
+            late,
+        )
+    else:
+        until = When(lease.expires_at, _now(event))
+        dm = Reply.of(
+            f"You were first in line: the {lease.kind} on ",
+            Code(lease.name),
+            " is yours until ",
+            until,
+            ". Token ",
+            token,
+            ".",
+            late,
+            leases=[lease],
+        )
+        channel = Reply.of(
+            Mention(lease.holder),
+            " got ",
+            Code(lease.name),
+            " from the waitlist, until ",
+            until,
+            ".",
+            late,
+        )
+    return [
+        _direct(lease.holder, dm),
+        *_channels(lease, settings, channel, via=None, everywhere=True),
+    ]
 
 
 def _free(event: Event) -> list[Delivery]:
@@ -374,6 +432,7 @@ def _free(event: Event) -> list[Delivery]:
                 " is free and you were first in line: say ",
                 Code(f"{verb} {event.name}"),
                 " to take it.",
+                _late(event),
             ),
         )
     ]

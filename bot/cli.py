@@ -259,6 +259,9 @@ async def _take(
 ) -> LeaseChange:
     """Acquire now, or with --wait join the waitlist and block until it is ours."""
     holder = _holder(user)
+    # Checked before the service does, so a name that reads as a duration is refused with
+    # the CLI's way to give one (`--ttl`) rather than chat's.
+    rt.leases.new_name(kind, name, f"deploybot {kind}", duration_option="--ttl")
     if wait is None:
         return await rt.leases.acquire(kind, name, holder, duration=ttl, note=note, via=CLI_VIA)
 

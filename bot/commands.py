@@ -298,8 +298,12 @@ class CommandHandler:
         names = args[1:] if args and args[0] in ("locks", "envs") else args
         if len(names) > 1:
             raise UsageError("`status` takes at most one name: `status backend`.")
-        listing = await self._leases.status(names[0] if names else None, limit=STATUS_LIMIT)
-        parts = status_parts(self._settings, listing, kinds, bool(names))
+        only = kinds[0] if len(kinds) == 1 else None  # `locks` / `envs` page their own kind
+        listing = await self._leases.status(
+            names[0] if names else None, limit=STATUS_LIMIT, kind=only
+        )
+        left_out = await self._leases.left_out(listing)
+        parts = status_parts(self._settings, listing, kinds, bool(names), left_out=left_out)
         return Reply.of(parts, private=True)
 
     async def _history(self, message: Message, args: list[str]) -> Reply:

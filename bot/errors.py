@@ -58,6 +58,22 @@ class InvalidName(UsageError):
         super().__init__(reason)
 
 
+class NameLooksLikeDuration(InvalidName):
+    """A new lease's name reads as a duration (`lock 1h`): almost surely the name was left
+    out, and taking a lease called `1h` would only puzzle everyone later."""
+
+    def __init__(self, name: str, what: str, usage: str) -> None:
+        self.usage = usage
+        shown = name.strip().lower()
+        article = "an" if what[:1] in "aeiou" else "a"
+        super().__init__(
+            name,
+            what,
+            f"`{shown}` looks like a duration, not {article} {what} name; give the {what} "
+            f"first: `{usage} {shown}`.",
+        )
+
+
 class UnknownName(UsageError):
     """A name is valid but not among the configured services or environments."""
 
@@ -201,7 +217,12 @@ class CorruptRecord(DeploybotError):
 
 class CorruptState(DeploybotError):
     """A deploybot key holds the wrong kind of value (changed by hand), e.g. a string where
-    a hash belongs; the operation was refused before changing anything."""
+    a hash belongs.
+
+    Redis reports this only when a script reaches the command on that key, and a script's
+    earlier writes stay: a lock may be taken although its timeline entry failed. So the
+    message cannot promise that nothing changed.
+    """
 
     exit_code = 1
 
@@ -209,8 +230,8 @@ class CorruptState(DeploybotError):
         self.prefix = prefix
         super().__init__(
             "Part of deploybot's state in Redis holds the wrong kind of value (a key under "
-            f"{prefix} was changed by hand), so I changed nothing. An admin should inspect "
-            "or delete that key."
+            f"{prefix} was changed by hand), so I could not finish: the change may be only "
+            "partly made. An admin should inspect or delete that key, then check `status`."
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,12 +18,15 @@ from bot.durations import parse_duration
 from bot.errors import LeaseHeld, NotAdmin, NotHeld, NotHolder, UsageError, WaitTimedOut
 from bot.messages import one_line
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
-from bot.names import normalize_name
+from bot.names import normalize_name, normalize_new_name
 from bot.store import LeaseChange, LeaseListing, Store, WaitlistResult
 
 MAX_NOTE_LENGTH = 500
 WAIT_POLL_S = 0.5
 MAX_REASON_LENGTH = 500
+
+# Where a lease's name goes, shown when a new lease's name reads as a duration.
+_PLACEHOLDERS = {LeaseKind.LOCK: "<service>", LeaseKind.CLAIM: "<env>"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,18 @@ class LeaseService:
     def name(self, kind: LeaseKind, raw: str) -> str:
         """Validate a service or environment name against the rules and the config."""
         return normalize_name(raw, kind.resource, self._settings.known_names(kind))
+
+    def new_name(
+        self, kind: LeaseKind, raw: str, command: str, *, duration_option: str = ""
+    ) -> str:
+        """`name`, for a lease `command` is about to take or wait for: a name that reads as
+        a duration (`lock 1h`) is refused unless the config lists it. The refusal shows
+        `command`, the name's place and `duration_option` (the CLI's `--ttl`) before the
+        duration."""
+        usage = " ".join(part for part in (command, _PLACEHOLDERS[kind], duration_option) if part)
+        return normalize_new_name(
+            raw, kind.resource, self._settings.known_names(kind), usage=usage
+        )
 
     def duration(self, kind: LeaseKind, text: str | None) -> int:
         """Milliseconds for `text`, or the kind's default; bounded by the kind's maximum."""
@@ -69,7 +85,7 @@ class LeaseService:
         later of its current expiry and now + the default: re-running `lock` in a pipeline
         never cuts a lease short.
         """
-        name = self.name(kind, raw_name)
+        name = self.new_name(kind, raw_name, str(kind))
         ttl_ms = self.duration(kind, duration)
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.acquire(
@@ -103,7 +119,7 @@ class LeaseService:
     ) -> WaitlistResult:
         """Wait for a lease; when it frees up the first waiter gets it (or is told).
         With `wait_ms` the place in line lapses after that long."""
-        name = self.name(kind, raw_name)
+        name = self.new_name(kind, raw_name, "queue")
         ttl_ms = self.duration(kind, duration) if duration is not None else None
         note = _bounded(note, "note", MAX_NOTE_LENGTH)
         return await self._store.join_waitlist(
@@ -279,12 +295,31 @@ class LeaseService:
         return lease, await self._store.now_ms()
 
     async def status(
-        self, raw_name: str | None = None, *, limit: int | None = None
+        self,
+        raw_name: str | None = None,
+        *,
+        limit: int | None = None,
+        kind: LeaseKind | None = None,
     ) -> LeaseListing:
-        """Current leases (at most `limit`), or those named `raw_name` (lock and claim)."""
+        """Current leases (at most `limit`, only `kind` if given), or those named `raw_name`
+        (lock and claim)."""
         if raw_name is None:
-            return await self._store.leases(limit=limit)
+            return await self._store.leases(limit=limit, kind=kind)
         return await self._store.leases(name=self._any_name(raw_name))
+
+    async def left_out(self, listing: LeaseListing) -> dict[LeaseKind, int]:
+        """How many leases of each kind a `status` listing cut by its limit left out.
+
+        The store says only how many it left out in all, and which kinds they are depends
+        on its order; so the live counts by kind are compared with what the listing holds.
+        Leases taken or freed between the two reads can make a count off by that many.
+        """
+        if not listing.more:
+            return {}
+        counts, _waiters = await self._store.lease_counts()
+        shown = Counter(lease.kind for lease in listing.leases)
+        shown.update(LeaseKind(key.rsplit(":", 2)[-2]) for key in listing.corrupt)
+        return {kind: max(0, counts[kind] - shown[kind]) for kind in LeaseKind}
 
     async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
         """The latest events about a name, newest first, and Redis's clock."""

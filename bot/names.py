@@ -6,7 +6,8 @@ import difflib
 import re
 from collections.abc import Collection
 
-from bot.errors import InvalidName, UnknownName
+from bot.durations import parses_as_duration
+from bot.errors import InvalidName, NameLooksLikeDuration, UnknownName
 
 MAX_NAME_LENGTH = 64
 
@@ -29,6 +30,20 @@ def normalize_name(raw: str, what: str, known: Collection[str] = ()) -> str:
     if known and name not in known:
         raise UnknownName(name, what, suggest(name, known))
     return name
+
+
+def normalize_new_name(raw: str, what: str, known: Collection[str] = (), *, usage: str) -> str:
+    """`normalize_name` for a lease about to be taken or waited for; `usage` is the command
+    that shows where the name goes (`lock <service>`).
+
+    A name that parses as a duration is refused unless `known` lists it: `lock 1h` or
+    `lock 5m backend` almost always means a duration with the name missing or misplaced.
+    Leases that already have such a name can still be released, so only new ones are checked.
+    """
+    name = raw.strip().lower()
+    if name not in known and parses_as_duration(name):
+        raise NameLooksLikeDuration(raw, what, usage)
+    return normalize_name(raw, what, known)
 
 
 def normalize_job_name(raw: str) -> str:

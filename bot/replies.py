@@ -6,7 +6,7 @@ chat channel describe the same change in the same words.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bot.config import Settings
 from bot.durations import format_span
@@ -93,9 +93,11 @@ def waitlist_parts(
     line: list[Part] = [Mention(who), " is number ", str(result.position), " in line for ", name]
     if lease is not None:
         line += [" (held by ", Mention(lease.holder), " until ", When(lease.expires_at, now), ")"]
+    # The console has no DMs: the announcer prints a local user's direct messages there.
+    told = "be told in the console" if who.platform == "local" else "get a DM"
     line.append(
         ". " + ("You are next" if ahead == 0 else f"{ahead} ahead of you") + "; "
-        "you will get a DM when it is yours. Say `leave` to stop waiting."
+        f"you will {told} when it is yours. Say `leave` to stop waiting."
     )
     return line
 
@@ -116,9 +118,18 @@ def lease_line(lease: Lease, now_ms: int) -> list[Part]:
 
 
 def status_parts(
-    settings: Settings, listing: LeaseListing, kinds: Sequence[LeaseKind], one_name: bool
+    settings: Settings,
+    listing: LeaseListing,
+    kinds: Sequence[LeaseKind],
+    one_name: bool,
+    *,
+    left_out: Mapping[LeaseKind, int] | None = None,
 ) -> list[Part]:
-    """Current locks and claims by kind; configured names that nobody holds show as free."""
+    """Current locks and claims by kind; configured names that nobody holds show as free.
+
+    `left_out` counts, by kind, the leases a limited listing did not include (see
+    `LeaseService.left_out`); each kind's section says how many of its own are not shown.
+    """
     parts: list[Part] = []
     for kind in kinds:
         leases = [lease for lease in listing.leases if lease.kind is kind]
@@ -127,10 +138,11 @@ def status_parts(
         damaged = [
             key.rsplit(":", 1)[-1] for key in listing.corrupt if key.rsplit(":", 2)[-2] == kind
         ]
+        hidden = (left_out or {}).get(kind, 0)
         if one_name and not leases and not damaged:
             continue
         parts.append("Deploy locks:\n" if kind is LeaseKind.LOCK else "Staging claims:\n")
-        if not leases and not damaged:
+        if not leases and not damaged and not hidden:
             parts.append("  none\n")
         command = "force-unlock" if kind is LeaseKind.LOCK else "force-release"
         for name in damaged:
@@ -140,13 +152,20 @@ def status_parts(
             waiting = listing.waiters.get(f"{lease.kind}:{lease.name}", [])
             if waiting:
                 parts += ["    waiting: ", *_joined([Mention(holder) for holder in waiting]), "\n"]
+        if hidden:
+            parts.append(_left_out_line(kind, hidden, after_some=bool(leases or damaged)))
         if free:
             parts += ["  free: ", ", ".join(free), "\n"]
-    if listing.more:
-        parts.append(f"…and {listing.more} more; say `status <name>` for any one of them.\n")
     if not parts:
         parts.append("Nothing by that name is locked or claimed right now.")
     return parts
+
+
+def _left_out_line(kind: LeaseKind, count: int, *, after_some: bool) -> str:
+    """`…and 7 more locks; …`, or `7 locks not listed here; …` when none of them was."""
+    noun = f"{kind}{'' if count == 1 else 's'}"
+    head = f"…and {count} more {noun}" if after_some else f"{count} {noun} not listed here"
+    return f"  {head}; say `status <name>` for any one of them.\n"
 
 
 def history_parts(name: str, events: Sequence[Event], now_ms: int) -> list[Part]:

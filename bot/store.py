@@ -443,10 +443,12 @@ class Store:
             return None
         return _parse_lease(raw, key)
 
-    async def leases(self, *, name: str | None = None, limit: int | None = None) -> LeaseListing:
-        """Live leases from the index (no scan of the keyspace): all of them, those called
-        `name`, or the first `limit` by kind and name, so a chat `status` stays small and
-        quick however many leases exist."""
+    async def leases(
+        self, *, name: str | None = None, limit: int | None = None, kind: LeaseKind | None = None
+    ) -> LeaseListing:
+        """Live leases from the index (no scan of the keyspace): all of them (or all of one
+        `kind`), those called `name`, or the first `limit` by kind and name, so a chat
+        `status` stays small and quick however many leases exist."""
         now = (await self.sweep_due()).now_ms
         if name is not None:
             fields = [f"{kind}:{name}" for kind in LeaseKind]
@@ -454,6 +456,8 @@ class Store:
             fields = sorted(
                 _text(f) for f in await self._call(self._redis.hkeys, self.key("leases"))
             )
+            if kind is not None:
+                fields = [entry for entry in fields if entry.startswith(f"{kind}:")]
         more = max(0, len(fields) - limit) if limit is not None else 0
         fields = fields[:limit] if limit is not None else fields
         if not fields:

@@ -243,6 +243,8 @@ def test_quiet_and_json_together_are_refused_before_anything_changes(cli: Cli) -
         (["check", "backend", "--token", "abc"], "token"),
         (["history", "backend", "-n", "0"], "count"),
         (["status", "nope!"], "nope!"),
+        (["lock", "1h", "--as", "alice"], "`deploybot lock <service> --ttl 1h`"),
+        (["claim", "2h", "--as", "alice", "--wait", "5m"], "`deploybot claim <env> --ttl 2h`"),
         (["job", "set", "bad name", "--status", "ok", "--as", "ci"], "bad name"),
         (["job", "set", "build", "--status", "ok", "--url", "ftp://x", "--as", "ci"], "http"),
         (["frobnicate"], "frobnicate"),

@@ -352,6 +352,25 @@ async def test_unlock_without_a_service_asks_which_listing_what_the_sender_holds
     assert await snapshot(store) == before
 
 
+async def test_a_lock_on_a_duration_is_refused_so_unlock_never_suggests_one(
+    commands: CommandHandler, store: Store
+) -> None:
+    """`lock 1h` and `queue 5m` take no lease called `1h` or `5m`; a bare `unlock` then
+    suggests a real service, not a duration."""
+    await say(commands, "lock backend")
+    before = await snapshot(store)
+
+    lock, lock_text = await say(commands, "lock 1h")
+    queue, queue_text = await say(commands, "queue 5m", who="bob")
+    _, unlock_text = await say(commands, "unlock")
+
+    assert_polite_refusal(lock, lock_text)
+    assert_polite_refusal(queue, queue_text)
+    assert "`queue <service> 5m`" in queue_text
+    assert await snapshot(store) == before
+    assert "e.g. `unlock backend`" in unlock_text
+
+
 async def test_unlock_without_a_service_holding_nothing_still_asks_politely(
     commands: CommandHandler, store: Store
 ) -> None:
@@ -641,6 +660,9 @@ BAD_INPUTS = [
     ("alice", "extend backend 0m", ["positive"]),
     ("alice", "extend backend 25h", ["25h", "1 day"]),
     ("alice", "extend staging-2 30d", ["30d", "7 days"]),
+    ("bob", "lock 1h", ["`1h` looks like a duration, not a service name", "`lock <service> 1h`"]),
+    ("bob", "lock 5m frontend", ["`5m` looks like a duration", "`lock <service> 5m`"]),
+    ("bob", "claim 2h", ["`2h` looks like a duration, not an environment", "`claim <env> 2h`"]),
     ("bob", "lock bad/name", ["bad/name", "letters, digits"]),
     ("bob", "lock front;end", ["front;end"]),
     ("bob", "claim {staging}:x", ["{staging}:x"]),
@@ -908,3 +930,48 @@ async def test_status_lists_at_most_a_page_and_says_how_many_more(
         (await commands.handle(Message("local", "b", "b", "c", "status svc-054"))).parts
     )
     assert "`svc-054`" in one
+
+
+def _left_out(section: str, kind: str) -> int:
+    """The count on a section's `…and 7 more locks` (or `3 claims not listed`) line, or 0."""
+    found = re.findall(rf"(\d+) (?:more )?{kind}s?\b.*`status <name>`", section)
+    assert len(found) <= 1, section
+    return int(found[0]) if found else 0
+
+
+@pytest.mark.parametrize(("locks", "claims"), [(204, 2), (3, 55)], ids=["locks", "claims"])
+@pytest.mark.parametrize("text", ["status", "locks", "envs"])
+async def test_a_long_status_counts_what_it_left_out_under_the_right_kind(
+    commands: CommandHandler, store: Store, locks: int, claims: int, text: str
+) -> None:
+    """However a page is split between locks and claims, each section shows some and counts
+    the rest of its own kind; `envs` and `locks` show and count only their kind."""
+    from bot.commands import STATUS_LIMIT
+    from bot.model import Holder
+
+    holder = Holder("local", "alice", "alice")
+    for i in range(locks):
+        await store.acquire(LeaseKind.LOCK, f"svc-{i:03d}", holder, ttl_ms=600_000)
+    for i in range(claims):
+        await store.acquire(LeaseKind.CLAIM, f"env-{i:03d}", holder, ttl_ms=600_000)
+
+    reply = await commands.handle(Message("local", "bob", "bob", "console", text))
+    rendered = render_plain(reply.parts)
+
+    locks_part, _, claims_part = rendered.partition("Staging claims:")
+    assert rendered.count("`svc-") + rendered.count("`env-") <= STATUS_LIMIT
+    if text != "envs":
+        assert locks_part.count("`svc-") + _left_out(locks_part, "lock") == locks, rendered
+        assert "none" not in locks_part
+    if text != "locks":
+        assert claims_part.count("`env-") + _left_out(claims_part, "claim") == claims, rendered
+        assert "none" not in claims_part
+    assert "`svc-" not in claims_part
+    assert _left_out(claims_part, "lock") == 0
+    assert _left_out(locks_part, "claim") == 0
+    counted = bool(_left_out(locks_part, "lock")) + bool(_left_out(claims_part, "claim"))
+    assert rendered.count("`status <name>`") == counted, rendered
+    if text == "locks":  # a page of its own kind, however many claims sort first
+        assert locks_part.count("`svc-") == min(STATUS_LIMIT, locks), rendered
+    if text == "envs":
+        assert claims_part.count("`env-") == min(STATUS_LIMIT, claims), rendered

@@ -28,3 +28,19 @@ async def test_a_key_of_the_wrong_type_gets_a_reply_not_a_crash(
 
     assert "Something went wrong" not in rendered, rendered
     assert "Traceback" not in rendered and "WRONGTYPE" not in rendered
+
+
+async def test_a_wrong_type_does_not_claim_that_nothing_changed(
+    commands: CommandHandler, store: Store
+) -> None:
+    """A script stopped midway by a wrong-type key keeps its earlier writes, so the reply
+    says the change may be partial and names the way out, never that nothing changed."""
+    await store.redis.set(store.key("timeline"), "hand-written")
+
+    reply = await commands.handle(Message("local", "alice", "alice", "console", "lock t5"))
+    rendered = render_plain(reply.parts)
+
+    assert reply.ok is False
+    assert "nothing" not in rendered, rendered
+    assert "partly" in rendered
+    assert "inspect or delete" in rendered

@@ -9,6 +9,7 @@ from bot.errors import (
     InvalidDuration,
     InvalidName,
     LeaseHeld,
+    NameLooksLikeDuration,
     NotAdmin,
     NotHeld,
     NotHolder,
@@ -194,6 +195,62 @@ async def test_invalid_name_is_refused(
     assert hint in str(caught.value)
     assert caught.value.name == raw
     await assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("raw", ["1h", "5m", "1h30m", "90s", "2d", "1w", "3mins", " 1H "])
+async def test_a_name_that_reads_as_a_duration_is_refused(
+    leases: LeaseService, store: Store, kind: LeaseKind, raw: str
+) -> None:
+    """`lock 1h` left the service out: taking or queueing for `1h` is refused, saying what
+    works, so no lease gets a duration for a name."""
+    shown = raw.strip().lower()
+    what, place = (
+        ("a service", "<service>") if kind is LeaseKind.LOCK else ("an environment", "<env>")
+    )
+
+    with pytest.raises(NameLooksLikeDuration) as taking:
+        await leases.acquire(kind, raw, ALICE)
+    with pytest.raises(NameLooksLikeDuration) as queueing:
+        await leases.join_waitlist(kind, raw, ALICE)
+
+    assert f"`{shown}` looks like a duration, not {what} name" in str(taking.value)
+    assert f"`{kind} {place} {shown}`" in str(taking.value)
+    assert f"`queue {place} {shown}`" in str(queueing.value)
+    await assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("raw", ["42", "2048", "1m30", "v1", "s3", "k8s", "api-2", "1e3"])
+async def test_names_with_digits_that_are_no_duration_still_work(
+    leases: LeaseService, kind: LeaseKind, raw: str
+) -> None:
+    """Only a name that parses as a duration is refused; numbers and versions are names."""
+    change = await leases.acquire(kind, raw, ALICE)
+
+    assert change.lease.name == raw
+
+
+async def test_a_configured_name_that_reads_as_a_duration_is_accepted(
+    store: Store, namespace: str
+) -> None:
+    """A service the config lists is meant as a name, even one that reads as a duration."""
+    configured = LeaseService(store, Settings(namespace=namespace, services=["backend", "5m"]))
+
+    change = await configured.acquire(LeaseKind.LOCK, "5m", ALICE)
+
+    assert change.lease.name == "5m"
+
+
+async def test_a_lease_named_like_a_duration_before_can_still_be_released(
+    leases: LeaseService, store: Store, kind: LeaseKind
+) -> None:
+    """Leases called `1h` taken before names were checked for durations can still be freed."""
+    await store.acquire(kind, "1h", ALICE, ttl_ms=HOUR_MS)
+
+    extended = await leases.extend("1h", ALICE)
+    released = await leases.release(kind, "1h", ALICE)
+
+    assert [change.lease.name for change in extended] == ["1h"]
+    assert released.outcome == "released"
 
 
 async def test_names_are_case_insensitive(leases: LeaseService, kind: LeaseKind) -> None:

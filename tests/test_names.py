@@ -8,9 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.errors import InvalidName, UnknownName
+from bot.errors import InvalidName, NameLooksLikeDuration, UnknownName
 from bot.messages import clean_text
-from bot.names import MAX_NAME_LENGTH, normalize_job_name, normalize_name, suggest
+from bot.names import (
+    MAX_NAME_LENGTH,
+    normalize_job_name,
+    normalize_name,
+    normalize_new_name,
+    suggest,
+)
 
 SAFE_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 KNOWN = ["backend", "frontend", "payments"]
@@ -85,6 +91,23 @@ def test_unknown_name_without_suggestions_points_to_status() -> None:
 def test_known_name_in_other_case_is_accepted() -> None:
     """Known names match case-insensitively."""
     assert normalize_name("PAYMENTS", "service", KNOWN) == "payments"
+
+
+def test_new_name_that_reads_as_a_duration_is_refused_before_the_known_list() -> None:
+    """`1h` as a new lease's name gets the duration hint, not `no service called 1h`."""
+    with pytest.raises(NameLooksLikeDuration) as caught:
+        normalize_new_name("1H", "service", KNOWN, usage="lock <service>")
+
+    assert (caught.value.name, caught.value.what) == ("1H", "service")
+    assert str(caught.value) == (
+        "`1h` looks like a duration, not a service name; give the service first: "
+        "`lock <service> 1h`."
+    )
+
+
+def test_new_name_that_reads_as_a_duration_is_accepted_when_known() -> None:
+    """A listed name is meant as a name, whatever it looks like."""
+    assert normalize_new_name("5m", "service", [*KNOWN, "5m"], usage="lock <service>") == "5m"
 
 
 def test_suggest_orders_best_first_and_limits() -> None:

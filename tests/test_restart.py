@@ -173,3 +173,73 @@ async def test_expiry_recorded_by_the_cli_while_stopped_is_still_marked_late(
 
     [post] = slack.channel(CHANNEL)
     assert "(late: this was due " in post.text, post.text
+
+
+async def handoff_while_stopped(runtime: Runtime, *, then_release: bool) -> None:
+    """Alice's lock on `backend` goes to Bob, first in line, while no deploybot runs; Bob
+    releases it again when `then_release`. Then enough time passes to make it all late."""
+    store = runtime.store
+    await earlier_run(runtime)
+    await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000, via=CLI_VIA)
+    await store.join_waitlist(LeaseKind.LOCK, "backend", BOB, origin=ORIGIN, via=ORIGIN)
+    handed = await store.release(LeaseKind.LOCK, "backend", ALICE, via=CLI_VIA)
+    if then_release:
+        await store.release(LeaseKind.LOCK, "backend", BOB, via=CLI_VIA)
+    await redis_clock_passes(store, handed.now_ms + 2 * LATE_AFTER_MS)
+
+
+async def test_a_handoff_made_while_stopped_is_marked_late(runtime: Runtime) -> None:
+    """Bob still holds what was handed to him: the DM says until when, and that it is late."""
+    await handoff_while_stopped(runtime, then_release=False)
+
+    slack = Recorder("slack")
+    async with time_driven(runtime, {"slack": slack}, None):
+        await wait_for(lambda: slack.dms("UBOB"), "Bob's handoff DM")
+        await wait_for(lambda: drained(runtime.store), "the announcer to catch up")
+
+    [dm] = slack.dms("UBOB")
+    assert dm.text.startswith("You were first in line: the lock on `backend` is yours until ")
+    assert "(late: this happened " in dm.text
+    assert "while deploybot was not running" in dm.text
+    assert [lease.name for lease in dm.reply.leases] == ["backend"]
+    handoff = [p.text for p in slack.channel(CHANNEL) if "from the waitlist" in p.text]
+    assert len(handoff) == 1 and "(late: this happened " in handoff[0]
+
+
+async def test_a_handoff_that_ended_while_stopped_says_it_ended(runtime: Runtime) -> None:
+    """Bob got the lock and released it before any deploybot ran: the late DM says it was
+    his and has ended, not that it is his until some time, and offers no buttons."""
+    await handoff_while_stopped(runtime, then_release=True)
+
+    slack = Recorder("slack")
+    async with time_driven(runtime, {"slack": slack}, None):
+        await wait_for(lambda: slack.dms("UBOB"), "Bob's handoff DM")
+        await wait_for(lambda: drained(runtime.store), "the announcer to catch up")
+
+    [dm] = slack.dms("UBOB")
+    assert dm.text.startswith("You were first in line: the lock on `backend` was handed to you")
+    assert "has ended since" in dm.text
+    assert "yours until" not in dm.text
+    assert "(late: this happened " in dm.text
+    assert dm.reply.leases == ()
+    [handoff] = [p.text for p in slack.channel(CHANNEL) if "from the waitlist" in p.text]
+    assert "has ended since" in handoff and "(late: " in handoff
+
+
+async def test_every_announcement_made_late_is_marked(runtime: Runtime) -> None:
+    """Locks, releases, forced releases and frees recorded while stopped are all marked."""
+    store = runtime.store
+    await earlier_run(runtime)
+    await store.acquire(LeaseKind.LOCK, "api", CI, ttl_ms=60_000, via=CLI_VIA)
+    await store.acquire(LeaseKind.CLAIM, "staging-1", ALICE, ttl_ms=60_000, origin=ORIGIN)
+    done = await store.release(LeaseKind.CLAIM, "staging-1", ALICE, via=CLI_VIA)
+    await redis_clock_passes(store, done.now_ms + 2 * LATE_AFTER_MS)
+
+    slack = Recorder("slack")
+    async with time_driven(runtime, {"slack": slack}, None):
+        await wait_for(lambda: len(slack.channel(ANNOUNCE)) >= 2, "both announcements")
+        await wait_for(lambda: drained(store), "the announcer to catch up")
+
+    assert len(slack.posts) >= 2
+    for post in slack.posts:
+        assert "(late: this happened " in post.text, post.text

@@ -77,6 +77,20 @@ async def test_queue_is_idempotent_and_replies_with_the_position(
     assert await store.waiters(LeaseKind.LOCK, "backend") == [BOB, CAROL]
 
 
+async def test_queue_says_how_the_handoff_will_be_told_on_each_platform(
+    commands: CommandHandler,
+) -> None:
+    """Slack and Mattermost waiters get a DM; the console has none, so it says so there."""
+    await say(commands, ALICE, "lock backend 1h")
+
+    slack = await say(commands, BOB, "queue backend")
+    console = await say(commands, CI, "queue backend", channel="console")
+
+    assert "you will get a DM when it is yours" in slack
+    assert "DM" not in console
+    assert "you will be told in the console when it is yours" in console
+
+
 async def test_queue_for_what_you_hold_or_what_is_free(
     commands: CommandHandler, store: Store
 ) -> None:
