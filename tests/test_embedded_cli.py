@@ -25,6 +25,8 @@ from bot.embedded import server_running
 DEPLOYBOT = Path(sys.executable).parent / "deploybot"
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
+# What a running bot logs when it has started the embedded server again.
+RESTARTED = "embedded server was not running; restarted"
 
 
 def server_pids(data_dir: Path) -> list[int]:
@@ -141,7 +143,10 @@ async def test_running_bot_restarts_a_stopped_embedded_server(
 
         stopped = await asyncio.to_thread(deploybot, "server", "stop")
         assert stopped.stdout.strip() == "embedded server stopped", stopped.stderr
-        await wait_for(lambda: server_running(data_dir), "the bot to restart it", limit=20)
+        # The log line comes once the bot has seen the server answer, which may be after
+        # the test has seen it.
+        await wait_for(lambda: RESTARTED in log.read_text(), "the bot to restart it", limit=20)
+        assert server_running(data_dir)
         await wait_for(lambda: readyz(base, 200), "/readyz 200 again", limit=20)
         kept = await say(bot, "status backend", "`backend`")
     finally:
@@ -151,7 +156,6 @@ async def test_running_bot_restarts_a_stopped_embedded_server(
 
     token = re.search(r"Token `(\d+)`", locked)
     assert token is not None and token.group(1) in kept and "alice" in kept
-    assert "embedded server was not running; restarted" in log.read_text()
 
 
 async def say(bot: asyncio.subprocess.Process, line: str, expected: str) -> str:
