@@ -100,7 +100,6 @@ def test_lock_survives_an_embedded_server_restart(deploybot: Run, data_dir: Path
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == "embedded server stopped"
     assert server_pids(data_dir) == []
-    assert "stopped" in deploybot("server", "status").stdout
 
     restarted = deploybot("status", "--json")
     assert restarted.returncode == 0, restarted.stderr
@@ -113,6 +112,19 @@ def test_lock_survives_an_embedded_server_restart(deploybot: Run, data_dir: Path
 
     assert deploybot("server", "stop").returncode == 0
     assert server_pids(data_dir) == []
+
+
+def test_server_status_exits_3_while_the_server_is_stopped(deploybot: Run, data_dir: Path) -> None:
+    """`server status` exits 0 while the server runs and 3 once it is stopped, saying which."""
+    assert deploybot("lock", "backend", "--as", "alice").returncode == 0
+    running = deploybot("server", "status")
+    assert deploybot("server", "stop").returncode == 0
+    stopped = deploybot("server", "status")
+
+    assert running.returncode == 0, running.stderr
+    assert running.stdout.strip() == f"embedded server running; data in {data_dir}"
+    assert stopped.returncode == 3, stopped.stderr
+    assert stopped.stdout.strip() == f"embedded server stopped; data in {data_dir}"
 
 
 def test_server_stop_without_a_server_says_so(deploybot: Run, data_dir: Path) -> None:
