@@ -508,17 +508,24 @@ def server() -> None:
 @server.command("status")
 @pass_context
 def server_status(ctx: Context) -> None:
-    """Say whether the embedded server runs, and where its data lives."""
+    """Say whether the embedded server runs, and where its data lives; exit 3 if stopped.
+
+    3 is both this CLI's "state store unavailable" and an init script's "not running", so
+    `deploybot server status || ...` works as a check.
+    """
     data_dir = ctx.settings.resolved_data_dir()
     try:
-        state = "running" if server_running(data_dir) else "stopped"
+        running = server_running(data_dir)
     except EmbeddedSetupError as error:
         fail(str(error), EXIT_USAGE)
     except EmbeddedServerError as error:
         fail(str(error), EXIT_UNAVAILABLE)
-    click.echo(f"embedded server {state}; data in {data_dir}")
+
+    click.echo(f"embedded server {'running' if running else 'stopped'}; data in {data_dir}")
     if Secrets().redis_url or ctx.redis_url:
         click.echo("note: REDIS_URL is set, so deploybot uses that Redis, not this server")
+    if not running:
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 @server.command("stop")

@@ -26,8 +26,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -65,14 +67,29 @@ def _duration_ms(value: Any) -> Any:
     return value
 
 
+def _split_list(value: Any) -> Any:
+    """A list written as text: JSON (`["a","b"]`) or comma-separated (`a,b`)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError("is neither a JSON list nor a comma-separated one") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 DurationMs = Annotated[int, BeforeValidator(_duration_ms), Field(gt=0)]
 # Lease durations share the one-minute floor that typed durations have.
 LeaseDurationMs = Annotated[
     int, BeforeValidator(_duration_ms), Field(ge=60_000, description="at least 1 minute")
 ]
 # Lists from the environment may be comma-separated (DEPLOYBOT_ADMINS=local:a,slack:U1)
-# or JSON; pydantic-settings' own decoding would accept JSON only.
-CommaList = Annotated[list[str], NoDecode]
+# or JSON. NoDecode stops pydantic-settings from JSON-decoding the variable first, which
+# would refuse the comma-separated form before _split_list ever saw it.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+DurationList = Annotated[list[DurationMs], NoDecode, BeforeValidator(_split_list)]
 
 
 class LeaseSettings(BaseModel):
@@ -121,7 +138,7 @@ class Settings(BaseSettings):
     history_count: int = Field(default=10, ge=1, le=100)
     max_message_length: int = Field(default=4000, ge=100)
     mattermost_ca_file: Path | None = None
-    reminder_offsets: list[DurationMs] = Field(
+    reminder_offsets: DurationList = Field(
         default_factory=lambda: [600_000], validate_default=False, max_length=10
     )
     handoff: Literal["auto", "notify"] = "auto"
@@ -143,42 +160,12 @@ class Settings(BaseSettings):
         """The namespace becomes a Redis hash tag, so braces and spaces are not allowed."""
         return _valid_name(value, "namespace")
 
-    @field_validator(
-        "admins",
-        "services",
-        "environments",
-        "announce_channels",
-        "allowed_channels",
-        "allowed_users",
-        mode="before",
-    )
-    @classmethod
-    def _split_lists(cls, value: Any) -> Any:
-        """A list written as text: JSON (`["a","b"]`) or comma-separated (`a,b`)."""
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ValueError("is neither a JSON list nor a comma-separated one") from None
-        return [item.strip() for item in text.split(",") if item.strip()]
-
     @field_validator("lock", "claim", mode="before")
     @classmethod
     def _fill_lease_defaults(cls, value: Any, info: Any) -> Any:
         """Setting one value (say DEPLOYBOT_LOCK__MAX_TTL) keeps the built-in other one."""
         if isinstance(value, dict):
             return {**_LEASE_DEFAULTS[info.field_name], **value}
-        return value
-
-    @field_validator("reminder_offsets", mode="before")
-    @classmethod
-    def _offsets_from_text(cls, value: Any) -> Any:
-        """An environment variable gives the list as text: `10m,1m`."""
-        if isinstance(value, str):
-            return [part for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("announce_channels")
@@ -240,10 +227,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit values, then the environment, then the YAML file (if the class has one)."""
+        environment = _EnvironmentSource(settings_cls)
         yaml_file = settings_cls.model_config.get("yaml_file")
         if yaml_file is None:
-            return (init_settings, env_settings)
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+            return (init_settings, environment)
+        return (init_settings, environment, YamlConfigSettingsSource(settings_cls))
 
     def lease(self, kind: LeaseKind) -> LeaseSettings:
         """The defaults and bounds for `kind`."""
@@ -262,6 +250,27 @@ class Settings(BaseSettings):
         if self.data_dir is not None:
             return self.data_dir.expanduser()
         return Path(platformdirs.user_data_dir("deploybot")) / "redis"
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """The DEPLOYBOT_* variables; one whose value cannot be decoded is named in the error.
+
+    pydantic-settings decodes a nested setting given whole (DEPLOYBOT_LOCK) as JSON before any
+    validator runs, and its own error names neither the variable nor the config file.
+    """
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except json.JSONDecodeError as error:
+            variable = f"{self.env_prefix}{field_name}".upper()
+            msg = (
+                f"Invalid setting in the environment: {variable} is not valid JSON ({error}); "
+                f"give a JSON object, or set one key at a time as {variable}__<KEY>=value."
+            )
+            raise ConfigError(msg) from None
 
 
 def _valid_name(value: str, what: str) -> str:
@@ -327,7 +336,8 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValidationError as error:
         raise ConfigError(_describe(error, yaml_file)) from None
     except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"Cannot read the config file {yaml_file}: {error}") from None
+        source = f"the config file {yaml_file}" if yaml_file else "the DEPLOYBOT_* variables"
+        raise ConfigError(f"Cannot read {source}: {error}") from None
 
 
 def _describe(error: ValidationError, yaml_file: Path | None) -> str:

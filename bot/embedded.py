@@ -75,7 +75,15 @@ def find_server_binary() -> str:
 
 
 def ensure_server(data_dir: Path, *, timeout: float = 10.0) -> str:
-    """Return a redis-py URL for the data dir's server, starting the server if none runs.
+    """Return a redis-py URL for the data dir's server, starting the server if none runs."""
+    start_server(data_dir, timeout=timeout)
+
+    _, socket_path = _paths(data_dir)
+    return "unix://" + quote(str(socket_path))
+
+
+def start_server(data_dir: Path, *, timeout: float = 10.0) -> bool:
+    """Start the data dir's server unless one runs; return True if this call started it.
 
     The check and the start happen under an exclusive lock on `start.lock`. Without it, two
     processes starting at once would each find no server, and the second server would take
@@ -97,13 +105,13 @@ def ensure_server(data_dir: Path, *, timeout: float = 10.0) -> str:
         if _listening(socket_path):
             _wait_for_ping(data_dir, deadline, timeout)
             logger.info("embedded server reused data_dir=%s", data_dir)
-        else:
-            binary = find_server_binary()
-            _start(binary, data_dir, timeout)
-            _wait_for_ping(data_dir, deadline, timeout)
-            logger.info("embedded server started data_dir=%s binary=%s", data_dir, binary)
+            return False
 
-    return "unix://" + quote(str(socket_path))
+        binary = find_server_binary()
+        _start(binary, data_dir, timeout)
+        _wait_for_ping(data_dir, deadline, timeout)
+        logger.info("embedded server started data_dir=%s binary=%s", data_dir, binary)
+        return True
 
 
 def stop_server(data_dir: Path, *, timeout: float = 10.0) -> bool:

@@ -2,7 +2,7 @@
 
 The rate limit is counted in Redis, so it holds across replicas: a person's commands may
 reach any of them. When Redis is down the limit is not enforced (the command itself will
-report the outage).
+report the outage). It guards against chat users only: the local console is not limited.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60
+# The console (and the CLI, which never passes here) is someone with a shell on the machine,
+# who could run the CLI without any limit; a piped console script must not be cut off.
+UNLIMITED_PLATFORMS = frozenset({"local"})
 
 
 class Gatekeeper:
@@ -46,7 +49,7 @@ class Gatekeeper:
     async def over_limit(self, message: Message) -> bool:
         """Count this command against its sender's per-minute budget; True when over it."""
         limit = self._settings.rate_limit_per_minute
-        if limit <= 0:
+        if limit <= 0 or message.platform in UNLIMITED_PLATFORMS:
             return False
         key = self._store.key("rate", message.platform, message.user_id)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.commands import CommandHandler
 from bot.config import Secrets, Settings
-from bot.embedded import EmbeddedServerError, ensure_server
+from bot.embedded import EmbeddedServerError, ensure_server, start_server
 from bot.jobs import JobService
 from bot.leases import LeaseService
 from bot.limits import Gatekeeper
@@ -36,10 +36,16 @@ class Runtime:
         to its operators); a failure is logged, and the next tick tries again."""
         if self.embedded_dir is None:
             return
+
         try:
-            await asyncio.to_thread(ensure_server, self.embedded_dir)
+            started = await asyncio.to_thread(start_server, self.embedded_dir)
         except EmbeddedServerError as error:
             log.warning("embedded server could not be restarted: %s", error)
+            return
+        if started:
+            log.warning(
+                "embedded server was not running; restarted data_dir=%s", self.embedded_dir
+            )
 
 
 async def resolve_redis_url(settings: Settings, secrets: Secrets, override: str | None) -> str:

@@ -83,7 +83,12 @@ class Timeline:
         log.info("timeline stopped")
 
     async def sweep(self) -> None:
-        """Sweep until nothing more is due (big backlogs come in batches)."""
+        """Sweep until nothing more is due (big backlogs come in batches).
+
+        While the store is unavailable each tick also asks for it to be brought back. That
+        happens after the sweep lock is let go: restarting a server can take seconds, and
+        stop() must not wait for it.
+        """
         async with self._sweeping:
             try:
                 while True:
@@ -100,10 +105,12 @@ class Timeline:
                 self._store_down = True
             except DeploybotError as error:  # e.g. the timeline key overwritten by hand
                 log.warning("timeline: sweep refused: %s", error)
-                await self._try_recovery()
+
+        if self._store_down:
+            await self._try_recovery()
 
     async def _try_recovery(self) -> None:
-        """Ask for the store to be brought back, at most every few seconds."""
+        """Ask for the store to be brought back, at most every RECOVERY_INTERVAL_S."""
         now = asyncio.get_running_loop().time()
         if self._recover is None or now - self._last_recovery < RECOVERY_INTERVAL_S:
             return

@@ -614,6 +614,28 @@ def test_missing_config_file_exits_2(cli: Cli, tmp_path: Path) -> None:
     assert str(missing) in result.stderr
 
 
+def test_comma_separated_reminder_offsets_from_the_environment(cli: Cli) -> None:
+    """DEPLOYBOT_REMINDER_OFFSETS=10m,5m is read as two offsets, not refused as bad JSON."""
+    with_offsets = Cli(cli.env | {"DEPLOYBOT_REMINDER_OFFSETS": "10m,5m"}, cli.cwd)
+
+    result = with_offsets("jobs")
+
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.strip() == "No jobs reported."
+
+
+def test_undecodable_setting_variable_is_named(cli: Cli) -> None:
+    """DEPLOYBOT_LOCK=abc exits 2 naming the variable, not a config file called None."""
+    broken = Cli(cli.env | {"DEPLOYBOT_LOCK": "abc"}, cli.cwd)
+
+    result = broken("jobs")
+
+    assert result.returncode == EXIT_USAGE
+    assert "DEPLOYBOT_LOCK is not valid JSON" in result.stderr
+    assert "config file" not in result.stderr
+    assert_no_traceback(result)
+
+
 # corrupt records
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import typing
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,85 @@ def test_environment_overrides_a_top_level_value(
     monkeypatch.setenv("DEPLOYBOT_NAMESPACE", "from-env")
 
     assert load_settings(path).namespace == "from-env"
+
+
+# Every list setting, given in the environment comma-separated and as JSON, with what it
+# reads as. A list setting missing here fails test_every_list_setting_is_covered.
+LIST_VARIABLES = {
+    "admins": ("local:alice, slack:U1", ["local:alice", "slack:U1"]),
+    "services": ("backend,API", ["backend", "api"]),
+    "environments": ("staging-1,staging-2", ["staging-1", "staging-2"]),
+    "announce_channels": ("slack:C1,mattermost:m2", ["slack:C1", "mattermost:m2"]),
+    "allowed_channels": ("slack:C1,local:console", ["slack:C1", "local:console"]),
+    "allowed_users": ("slack:U1,local:alice", ["slack:U1", "local:alice"]),
+    "reminder_offsets": ("10m,5m", [10 * MINUTE_MS, 5 * MINUTE_MS]),
+}
+
+
+def test_every_list_setting_is_covered() -> None:
+    """The comma and JSON tests below cover each list-valued setting there is."""
+    lists = {
+        name
+        for name, field in Settings.model_fields.items()
+        if typing.get_origin(field.annotation) is list
+    }
+
+    assert lists == set(LIST_VARIABLES)
+
+
+@pytest.mark.parametrize("field", sorted(LIST_VARIABLES))
+def test_list_settings_can_be_comma_separated_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """DEPLOYBOT_<LIST>=a,b reads as a list, as the README promises for every list."""
+    text, expected = LIST_VARIABLES[field]
+    monkeypatch.setenv(f"DEPLOYBOT_{field.upper()}", text)
+
+    assert getattr(load_settings(), field) == expected
+
+
+@pytest.mark.parametrize("field", sorted(LIST_VARIABLES))
+def test_list_settings_can_be_json_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """DEPLOYBOT_<LIST>='["a","b"]' reads as the same list as the comma-separated form."""
+    text, expected = LIST_VARIABLES[field]
+    items = [item.strip() for item in text.split(",")]
+    monkeypatch.setenv(f"DEPLOYBOT_{field.upper()}", json.dumps(items))
+
+    assert getattr(load_settings(), field) == expected
+
+
+def test_a_single_reminder_offset_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEPLOYBOT_REMINDER_OFFSETS=10m, one value without a comma, is a list of one."""
+    monkeypatch.setenv("DEPLOYBOT_REMINDER_OFFSETS", "10m")
+
+    assert load_settings().reminder_offsets == [10 * MINUTE_MS]
+
+
+@pytest.mark.parametrize("with_file", [False, True], ids=["no-file", "config-file"])
+def test_undecodable_variable_is_named_not_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_file: bool
+) -> None:
+    """DEPLOYBOT_LOCK=abc is reported as that variable, not as a config file that is fine."""
+    path = write_config(tmp_path, FULL_CONFIG) if with_file else None
+    monkeypatch.setenv("DEPLOYBOT_LOCK", "abc")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    message = str(caught.value)
+    assert "DEPLOYBOT_LOCK " in message and "DEPLOYBOT_LOCK__<KEY>" in message
+    assert "config file" not in message and "None" not in message
+
+
+def test_a_whole_section_can_be_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEPLOYBOT_LOCK as a JSON object sets that section; a key left out keeps its default."""
+    monkeypatch.setenv("DEPLOYBOT_LOCK", '{"max_ttl": "12h"}')
+
+    settings = load_settings()
+
+    assert (settings.lock.default_ttl, settings.lock.max_ttl) == (HOUR_MS, 12 * HOUR_MS)
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

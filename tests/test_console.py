@@ -122,3 +122,30 @@ def test_console_command_answers_piped_input_and_exits_at_eof(
     assert out.rstrip().endswith("Nothing by that name is locked or claimed right now.")
     assert "deploybot>" not in out
     assert "Traceback" not in result.stderr
+
+
+def test_a_long_piped_script_is_not_rate_limited(
+    redis_server_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """More lines than the chat rate limit (30 a minute) are all answered, none refused."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "REDIS_URL" and not key.startswith("DEPLOYBOT_")
+    }
+    env |= {"REDIS_URL": redis_server_url, "DEPLOYBOT_NAMESPACE": namespace}
+
+    result = subprocess.run(
+        [str(DEPLOYBOT), "console", "--as", "alice"],
+        input="jobs\n" * 40,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["No jobs reported."] * 40
+    assert "rate limited" not in result.stderr

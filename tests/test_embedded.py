@@ -23,6 +23,7 @@ from bot.embedded import (
     ensure_server,
     find_server_binary,
     server_running,
+    start_server,
     stop_server,
 )
 
@@ -103,6 +104,14 @@ def test_second_ensure_server_reuses_running_server(data_dir: Path) -> None:
     assert second_url == first_url
     assert _pidfile_pid(data_dir) == first_pid
     assert _server_pids(data_dir) == [first_pid]
+
+
+def test_start_server_says_whether_it_started_one(data_dir: Path) -> None:
+    """start_server is True when it had to start the server, False when one already ran."""
+    assert start_server(data_dir) is True
+    assert start_server(data_dir) is False
+    assert stop_server(data_dir) is True
+    assert start_server(data_dir) is True
 
 
 def test_data_and_ttl_survive_restart(data_dir: Path) -> None:

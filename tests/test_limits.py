@@ -69,6 +69,20 @@ async def test_rate_limit_is_per_user_and_shared_by_replicas(
     assert someone_else.ok
 
 
+async def test_local_console_is_not_rate_limited(store: Store, namespace: str) -> None:
+    """Console messages (platform local) are never limited or counted; chat users still are."""
+    settings = Settings(namespace=namespace, rate_limit_per_minute=3)
+    commands = handler(store, settings)
+    console = Message("local", "alice", "alice", "console", "status", direct=True)
+
+    replies = [await commands.handle(console) for _ in range(10)]
+    chat_replies = [await commands.handle(message("status")) for _ in range(4)]
+
+    assert all(reply.ok for reply in replies)
+    assert await store.redis.exists(store.key("rate", "local", "alice")) == 0
+    assert [reply.ok for reply in chat_replies] == [True, True, True, False]
+
+
 async def test_rate_limit_fails_open_when_redis_is_down(namespace: str) -> None:
     """With Redis unreachable the limiter steps aside and the command reports the outage."""
     settings = Settings(namespace=namespace, rate_limit_per_minute=1)

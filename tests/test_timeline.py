@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from apscheduler.jobstores.memory import MemoryJobStore
+from servers import _free_port
 from test_announcer import (
     ALICE,
     ORIGIN,
@@ -24,7 +25,7 @@ from test_announcer import (
 
 from bot.config import Settings
 from bot.model import Event, Holder, LeaseKind
-from bot.store import Store
+from bot.store import Store, connect
 from bot.timeline import SWEEP_JOB_ID, Timeline
 
 MINUTE = 60_000
@@ -289,3 +290,46 @@ async def test_digest_job_is_registered_with_a_stable_id(store: Store, settings:
         await timeline.stop()
 
     assert ids == ["daily-digest", SWEEP_JOB_ID]
+
+
+# -----------------------------------------------------------------------------------------
+# bringing the store back
+
+
+class RecoveryCounter:
+    """A recover callback that counts how often the timeline asked for the store back."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+
+
+async def test_an_unavailable_store_is_asked_back_at_most_every_interval(
+    settings: Settings, namespace: str
+) -> None:
+    """Sweeps against a store nobody answers ask for recovery once per interval, not per tick."""
+    dead = Store(connect(f"redis://127.0.0.1:{_free_port()}/0"), namespace=namespace)
+    recover = RecoveryCounter()
+    timeline = Timeline(dead, settings, recover=recover)
+    try:
+        for _ in range(3):
+            await timeline.sweep()
+    finally:
+        await dead.close()
+
+    assert recover.calls == 1
+
+
+async def test_a_refused_sweep_does_not_ask_for_the_store_back(
+    store: Store, settings: Settings
+) -> None:
+    """A timeline key overwritten by hand is refused by a store that answers: no restart."""
+    await store.redis.set(store.key("timeline"), "not a sorted set")
+    recover = RecoveryCounter()
+    timeline = Timeline(store, settings, recover=recover)
+
+    await timeline.sweep()
+
+    assert recover.calls == 0
