@@ -302,8 +302,9 @@ class CommandHandler:
         listing = await self._leases.status(
             names[0] if names else None, limit=STATUS_LIMIT, kind=only
         )
-        left_out = await self._leases.left_out(listing)
-        parts = status_parts(self._settings, listing, kinds, bool(names), left_out=left_out)
+        parts = status_parts(
+            self._settings, listing, kinds, bool(names), left_out=listing.left_out
+        )
         return Reply.of(parts, private=True)
 
     async def _history(self, message: Message, args: list[str]) -> Reply:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -306,20 +305,6 @@ class LeaseService:
         if raw_name is None:
             return await self._store.leases(limit=limit, kind=kind)
         return await self._store.leases(name=self._any_name(raw_name))
-
-    async def left_out(self, listing: LeaseListing) -> dict[LeaseKind, int]:
-        """How many leases of each kind a `status` listing cut by its limit left out.
-
-        The store says only how many it left out in all, and which kinds they are depends
-        on its order; so the live counts by kind are compared with what the listing holds.
-        Leases taken or freed between the two reads can make a count off by that many.
-        """
-        if not listing.more:
-            return {}
-        counts, _waiters = await self._store.lease_counts()
-        shown = Counter(lease.kind for lease in listing.leases)
-        shown.update(LeaseKind(key.rsplit(":", 2)[-2]) for key in listing.corrupt)
-        return {kind: max(0, counts[kind] - shown[kind]) for kind in LeaseKind}
 
     async def history(self, raw_name: str, count: int | None = None) -> tuple[list[Event], int]:
         """The latest events about a name, newest first, and Redis's clock."""

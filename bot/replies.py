@@ -128,7 +128,7 @@ def status_parts(
     """Current locks and claims by kind; configured names that nobody holds show as free.
 
     `left_out` counts, by kind, the leases a limited listing did not include (see
-    `LeaseService.left_out`); each kind's section says how many of its own are not shown.
+    `LeaseListing.left_out`); each kind's section says how many of its own are not shown.
     """
     parts: list[Part] = []
     for kind in kinds:

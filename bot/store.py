@@ -146,6 +146,7 @@ class LeaseListing:
     now_ms: int
     waiters: dict[str, list[Holder]] = field(default_factory=dict)
     more: int = 0  # leases left out by a limit
+    left_out: dict[LeaseKind, int] = field(default_factory=dict)  # the same, by kind
 
 
 @dataclass(frozen=True)
@@ -458,10 +459,15 @@ class Store:
             )
             if kind is not None:
                 fields = [entry for entry in fields if entry.startswith(f"{kind}:")]
-        more = max(0, len(fields) - limit) if limit is not None else 0
+        hidden = fields[limit:] if limit is not None else []
+        left_out = {
+            kind: count
+            for kind in LeaseKind
+            if (count := sum(1 for entry in hidden if entry.startswith(f"{kind}:")))
+        }
         fields = fields[:limit] if limit is not None else fields
         if not fields:
-            return LeaseListing([], [], now)
+            return LeaseListing([], [], now, more=len(hidden), left_out=left_out)
         # The leases and their waitlists in one round trip (GETs: a cluster pipeline takes
         # no MGET).
         pipe = self._redis.pipeline(transaction=False)
@@ -483,7 +489,7 @@ class Store:
             holders = [holder for raw in queue if (holder := _waiter_holder(raw, now))]
             if holders:
                 waiters[entry] = holders
-        return LeaseListing(leases, corrupt, now, waiters, more)
+        return LeaseListing(leases, corrupt, now, waiters, len(hidden), left_out)
 
     async def lease_counts(self) -> tuple[dict[LeaseKind, int], int]:
         """Live leases by kind and the number of waiters, counted inside Redis (after a
