@@ -448,8 +448,9 @@ class Store:
         self, *, name: str | None = None, limit: int | None = None, kind: LeaseKind | None = None
     ) -> LeaseListing:
         """Live leases from the index (no scan of the keyspace): all of them (or all of one
-        `kind`), those called `name`, or the first `limit` by kind and name, so a chat
-        `status` stays small and quick however many leases exist."""
+        `kind`), those called `name`, or at most `limit` in name order, so a chat `status`
+        stays small and quick however many leases exist. The limit is shared out between
+        locks and claims, so many of one kind never hide the other entirely."""
         now = (await self.sweep_due()).now_ms
         if name is not None:
             fields = [f"{kind}:{name}" for kind in LeaseKind]
@@ -459,15 +460,12 @@ class Store:
             )
             if kind is not None:
                 fields = [entry for entry in fields if entry.startswith(f"{kind}:")]
-        hidden = fields[limit:] if limit is not None else []
-        left_out = {
-            kind: count
-            for kind in LeaseKind
-            if (count := sum(1 for entry in hidden if entry.startswith(f"{kind}:")))
-        }
-        fields = fields[:limit] if limit is not None else fields
+        left_out: dict[LeaseKind, int] = {}
+        if limit is not None:
+            fields, left_out = _page(fields, limit)
+        more = sum(left_out.values())
         if not fields:
-            return LeaseListing([], [], now, more=len(hidden), left_out=left_out)
+            return LeaseListing([], [], now, more=more, left_out=left_out)
         # The leases and their waitlists in one round trip (GETs: a cluster pipeline takes
         # no MGET).
         pipe = self._redis.pipeline(transaction=False)
@@ -489,7 +487,7 @@ class Store:
             holders = [holder for raw in queue if (holder := _waiter_holder(raw, now))]
             if holders:
                 waiters[entry] = holders
-        return LeaseListing(leases, corrupt, now, waiters, len(hidden), left_out)
+        return LeaseListing(leases, corrupt, now, waiters, more, left_out)
 
     async def lease_counts(self) -> tuple[dict[LeaseKind, int], int]:
         """Live leases by kind and the number of waiters, counted inside Redis (after a
@@ -1150,6 +1148,31 @@ async def open_store(
         yield store
     finally:
         await store.close()
+
+
+def _page(fields: list[str], limit: int) -> tuple[list[str], dict[LeaseKind, int]]:
+    """At most `limit` of the sorted "kind:name" fields, dealt out to the kinds in turn (so
+    each gets an even share, and one kind's unused share goes to the other), and how many
+    of each kind were left out."""
+    by_kind = {
+        kind: [entry for entry in fields if entry.startswith(f"{kind}:")] for kind in LeaseKind
+    }
+    taken = dict.fromkeys(LeaseKind, 0)
+    room = limit
+    while room:
+        wanting = [kind for kind in LeaseKind if taken[kind] < len(by_kind[kind])]
+        if not wanting:
+            break
+        for kind in wanting[:room]:
+            taken[kind] += 1
+            room -= 1
+    page = [entry for kind in LeaseKind for entry in by_kind[kind][: taken[kind]]]
+    left_out = {
+        kind: len(by_kind[kind]) - taken[kind]
+        for kind in LeaseKind
+        if len(by_kind[kind]) > taken[kind]
+    }
+    return page, left_out
 
 
 def _parse_lease(raw: str | bytes, key: str) -> Lease:

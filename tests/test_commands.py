@@ -971,6 +971,10 @@ async def test_a_long_status_counts_what_it_left_out_under_the_right_kind(
     assert _left_out(locks_part, "claim") == 0
     counted = bool(_left_out(locks_part, "lock")) + bool(_left_out(claims_part, "claim"))
     assert rendered.count("`status <name>`") == counted, rendered
+    if text == "status":  # the page is shared: neither kind hides the other
+        assert locks_part.count("`svc-") >= min(locks, STATUS_LIMIT // 2), rendered
+        assert claims_part.count("`env-") >= min(claims, STATUS_LIMIT // 2), rendered
+        assert rendered.count("`svc-") + rendered.count("`env-") == STATUS_LIMIT
     if text == "locks":  # a page of its own kind, however many claims sort first
         assert locks_part.count("`svc-") == min(STATUS_LIMIT, locks), rendered
     if text == "envs":
