@@ -302,9 +302,7 @@ class CommandHandler:
         listing = await self._leases.status(
             names[0] if names else None, limit=STATUS_LIMIT, kind=only
         )
-        parts = status_parts(
-            self._settings, listing, kinds, bool(names), left_out=listing.left_out
-        )
+        parts = status_parts(self._settings, listing, kinds, bool(names))
         return Reply.of(parts, private=True)
 
     async def _history(self, message: Message, args: list[str]) -> Reply:

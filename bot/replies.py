@@ -6,7 +6,7 @@ chat channel describe the same change in the same words.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from bot.config import Settings
 from bot.durations import format_span
@@ -122,14 +122,9 @@ def status_parts(
     listing: LeaseListing,
     kinds: Sequence[LeaseKind],
     one_name: bool,
-    *,
-    left_out: Mapping[LeaseKind, int] | None = None,
 ) -> list[Part]:
     """Current locks and claims by kind; configured names that nobody holds show as free.
-
-    `left_out` counts, by kind, the leases a limited listing did not include (see
-    `LeaseListing.left_out`); each kind's section says how many of its own are not shown.
-    """
+    Each kind's section says how many of its own a limited listing left out."""
     parts: list[Part] = []
     for kind in kinds:
         leases = [lease for lease in listing.leases if lease.kind is kind]
@@ -138,7 +133,7 @@ def status_parts(
         damaged = [
             key.rsplit(":", 1)[-1] for key in listing.corrupt if key.rsplit(":", 2)[-2] == kind
         ]
-        hidden = (left_out or {}).get(kind, 0)
+        hidden = listing.left_out.get(kind, 0)
         if one_name and not leases and not damaged:
             continue
         parts.append("Deploy locks:\n" if kind is LeaseKind.LOCK else "Staging claims:\n")

@@ -145,8 +145,7 @@ class LeaseListing:
     corrupt: list[str]
     now_ms: int
     waiters: dict[str, list[Holder]] = field(default_factory=dict)
-    more: int = 0  # leases left out by a limit
-    left_out: dict[LeaseKind, int] = field(default_factory=dict)  # the same, by kind
+    left_out: dict[LeaseKind, int] = field(default_factory=dict)  # by a limit, by kind
 
 
 @dataclass(frozen=True)
@@ -463,22 +462,21 @@ class Store:
         left_out: dict[LeaseKind, int] = {}
         if limit is not None:
             fields, left_out = _page(fields, limit)
-        more = sum(left_out.values())
         if not fields:
-            return LeaseListing([], [], now, more=more, left_out=left_out)
+            return LeaseListing([], [], now, left_out=left_out)
         # The leases and their waitlists in one round trip (GETs: a cluster pipeline takes
         # no MGET).
+        keys = [self.key("lease", entry) for entry in fields]
         pipe = self._redis.pipeline(transaction=False)
-        for entry in fields:
-            pipe.get(self.key("lease", entry))
+        for entry, key in zip(fields, keys, strict=True):
+            pipe.get(key)
             pipe.lrange(self.key("queue", entry), 0, -1)
         replies = await self._call(pipe.execute)
 
         leases, corrupt, waiters = [], [], {}
-        for entry, raw, queue in zip(fields, replies[::2], replies[1::2], strict=True):
+        for entry, key, raw, queue in zip(fields, keys, replies[::2], replies[1::2], strict=True):
             if raw is None:
                 continue
-            key = self.key("lease", entry)
             try:
                 leases.append(_parse_lease(raw, key))
             except CorruptRecord:
@@ -487,7 +485,7 @@ class Store:
             holders = [holder for raw in queue if (holder := _waiter_holder(raw, now))]
             if holders:
                 waiters[entry] = holders
-        return LeaseListing(leases, corrupt, now, waiters, more, left_out)
+        return LeaseListing(leases, corrupt, now, waiters, left_out)
 
     async def lease_counts(self) -> tuple[dict[LeaseKind, int], int]:
         """Live leases by kind and the number of waiters, counted inside Redis (after a
@@ -645,13 +643,11 @@ class Store:
 
     def _lease_keys(self, kind: LeaseKind, name: str) -> list[str]:
         """KEYS for every lease script (see bot.scripts)."""
-        suffix = f"{kind}:{name}"
-        prefix = self._prefix
         return [
-            f"{prefix}:lease:{suffix}",
-            f"{prefix}:fence:{suffix}",
+            self._lease_key(kind, name),
+            self.key("fence", kind, name),
             *self._shared_keys,
-            f"{prefix}:queue:{suffix}",
+            self.key("queue", kind, name),
         ]
 
     def _lease_args(
@@ -676,19 +672,12 @@ class Store:
         try:
             answer = await func(*args, **kwargs)
         except _UNAVAILABLE as error:
-            reason = _reason(error)
-            self._outage.failed(reason)
-            raise StoreUnavailable(reason) from error
+            raise self._unavailable(_reason(error)) from error
         except ResponseError as error:
             text = str(error)
-            if text.startswith(("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")):
-                reason = f"Redis answered {text.split()[0]}"
-                self._outage.failed(reason)
-                raise StoreUnavailable(reason) from error
             refusal = _refusal(error)
             if refusal:
-                self._outage.failed(refusal)
-                raise StoreUnavailable(refusal) from error
+                raise self._unavailable(refusal) from error
             if "unknown command" in text.lower():
                 log.warning("state store lacks a command; not a Redis 6.2+ server?")
                 raise StoreUnavailable("the server is not a Redis 6.2+ compatible one") from error
@@ -702,11 +691,15 @@ class Store:
             why = _cluster_failure(error)
             if why is None:
                 raise
-            self._outage.failed(why)
-            raise StoreUnavailable(why) from error
+            raise self._unavailable(why) from error
         if self._outage.failures:
             self._outage.recovered()
         return answer
+
+    def _unavailable(self, reason: str) -> StoreUnavailable:
+        """The error for a call Redis could not serve, counted towards the outage log."""
+        self._outage.failed(reason)
+        return StoreUnavailable(reason)
 
 
 class OutageLog:
@@ -920,8 +913,11 @@ def _reason(error: Exception) -> str:
 
 
 def _refusal(error: ResponseError) -> str | None:
-    """Why Redis refuses every command for a reason deploybot cannot fix, or None."""
+    """Why Redis will not serve commands now (busy, read-only, out of memory, not allowed),
+    or None for an error that is about the command itself."""
     text = str(error)
+    if text.startswith(("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")):
+        return f"Redis answered {text.split()[0]}"
     if isinstance(error, OutOfMemoryError) or text.startswith("OOM"):
         return "Redis is out of memory (its maxmemory is reached)"
     if isinstance(error, NoPermissionError) or text.startswith("NOPERM"):
@@ -1151,21 +1147,17 @@ async def open_store(
 
 
 def _page(fields: list[str], limit: int) -> tuple[list[str], dict[LeaseKind, int]]:
-    """At most `limit` of the sorted "kind:name" fields, dealt out to the kinds in turn (so
-    each gets an even share, and one kind's unused share goes to the other), and how many
-    of each kind were left out."""
+    """At most `limit` of the sorted "kind:name" fields, shared evenly between the kinds (a
+    kind with fewer than its share leaves the rest to the other), and how many of each kind
+    were left out."""
     by_kind = {
         kind: [entry for entry in fields if entry.startswith(f"{kind}:")] for kind in LeaseKind
     }
-    taken = dict.fromkeys(LeaseKind, 0)
-    room = limit
-    while room:
-        wanting = [kind for kind in LeaseKind if taken[kind] < len(by_kind[kind])]
-        if not wanting:
-            break
-        for kind in wanting[:room]:
-            taken[kind] += 1
-            room -= 1
+    taken, room = {}, limit
+    # The kind with fewer leases first, so what it does not use goes to the next.
+    for number, kind in enumerate(sorted(LeaseKind, key=lambda kind: len(by_kind[kind]))):
+        taken[kind] = min(len(by_kind[kind]), room // (len(LeaseKind) - number))
+        room -= taken[kind]
     page = [entry for kind in LeaseKind for entry in by_kind[kind][: taken[kind]]]
     left_out = {
         kind: len(by_kind[kind]) - taken[kind]
