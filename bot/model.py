@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 
 class LeaseKind(StrEnum):
@@ -89,7 +90,7 @@ class Lease:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Lease:
         """Parse a stored lease; raises ValueError (or KeyError/TypeError) on a bad record."""
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("a lease record must be a JSON object")
         return cls.from_dict(data)
@@ -97,16 +98,20 @@ class Lease:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lease:
         """Build a lease from its decoded form (extra keys, as events carry, are ignored)."""
+        # Positional, and the kind by lookup: this runs for every lease operation.
         return cls(
-            kind=LeaseKind(data["kind"]),
-            name=str(data["name"]),
-            holder=Holder.from_dict(data["holder"]),
-            note=str(data.get("note") or ""),
-            acquired_at=int(data["acquired_at"]),
-            expires_at=int(data["expires_at"]),
-            token=int(data["token"]),
-            origin=Origin.from_dict(data.get("origin")),
+            _LEASE_KINDS[data["kind"]],
+            str(data["name"]),
+            Holder.from_dict(data["holder"]),
+            str(data.get("note") or ""),
+            int(data["acquired_at"]),
+            int(data["expires_at"]),
+            int(data["token"]),
+            Origin.from_dict(data.get("origin")),
         )
+
+
+_LEASE_KINDS = {kind.value: kind for kind in LeaseKind}
 
 
 class JobState(StrEnum):
@@ -144,7 +149,7 @@ class Job:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Job:
         """Parse a stored job status; raises ValueError (or KeyError/TypeError) if malformed."""
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("a job record must be a JSON object")
         return cls(

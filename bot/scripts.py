@@ -1,34 +1,46 @@
 """The Lua scripts behind every mutation. Each runs atomically inside Redis.
 
-Every lease script takes the same KEYS and leading ARGV, so the shared helpers in
-`_PRELUDE` (expiry, reminders, waitlist handoff) work the same from any of them:
+Every lease script is called the same way, so the shared helpers in `_PRELUDE` (expiry,
+reminders, waitlist handoff) work the same from any of them:
 
-    KEYS[1] lease key      {ns}:lease:<kind>:<name>   (JSON, PX TTL; gone means free)
-    KEYS[2] fence counter  {ns}:fence:<kind>:<name>   (last fencing token issued)
-    KEYS[3] lease index    {ns}:leases                (hash "<kind>:<name>" -> snapshot)
-    KEYS[4] timeline       {ns}:timeline              (zset of due expiries and reminders)
-    KEYS[5] event stream   {ns}:events                (capped stream)
-    KEYS[6] waitlist       {ns}:queue:<kind>:<name>   (list of waiter JSON, oldest first)
+    KEYS[1]  the lease key {ns}:lease:<kind>:<name>  (JSON, PX TTL; gone means free)
+    ARGV[1]  the request, one JSON object: `kind`, `name`, `via` (where the command came
+             from; left out when unknown), then the script's own fields
 
-    ARGV[1] kind   ARGV[2] name   ARGV[3] "via" JSON (where the command came from) or ''
+The other keys of a lease live in the same hash slot (the namespace is their hash tag), so
+the scripts name them from the store's key prefix rather than taking them as KEYS; a Redis
+Cluster accepts that, and the client sends a third of the bytes:
 
-Script-specific arguments follow from ARGV[4]. A lease script answers with one string,
-`<outcome> <Redis now ms> <waitlist position or 0> <lease JSON or nothing>`, which costs
-the client far less to read than an array.
+    {ns}:fence:<kind>:<name>   last fencing token issued
+    {ns}:leases                hash "<kind>:<name>" -> snapshot (index, and the last state
+                               of a lease for its "expired" event)
+    {ns}:timeline              zset of due expiries and reminders
+    {ns}:events                capped stream of every change
+    {ns}:queue:<kind>:<name>   the waitlist: waiter JSON, oldest first
 
-What stays the same for every call of one store (event stream cap, handoff mode, default
-TTLs, reminder offsets) is not sent with each call: `with_policy` writes it into the
-script's text as the `POLICY` table, so a lease operation sends little more than a plain
-SET does.
+A lease script answers with one string, `<outcome> <Redis now ms> <waitlist position or 0>
+<lease JSON or nothing>`, which costs the client far less to read than an array.
+
+What stays the same for every call of one store (key prefix, event stream cap, handoff mode,
+default TTLs, reminder offsets) is not sent with each call: `policy_header` writes it into
+the scripts' text, so a lease operation sends little more than a plain SET does.
+
+Where the server has Redis Functions (Redis 7+, Valkey) the store loads all its scripts as
+one library (`library`), so the helpers and the policy are defined once per load rather
+than on every call, which was most of a lease operation's time inside Redis. Elsewhere
+(Redis 6.2, or a user the ACL denies FUNCTION) each runs by EVALSHA (`script`). The same
+text serves both: KEYS and ARGV are globals in a script and set per call in a function.
 
 Times always come from Redis `TIME`, so replicas never disagree about the clock.
-Timestamps are milliseconds: 13 digits, exact in Lua's doubles and in cjson's 14-digit
-number encoding.
+Timestamps are milliseconds: 13 digits, exact in Lua's doubles, in cjson's 14-digit number
+encoding and in Lua's own number-to-text conversion (14 digits). Numbers are handed to
+`redis.call` as numbers: Redis writes integers below 2^53 out exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 
 # Reminders per lease at most; the timeline members of one lease are `expire:<kind>:<name>`
 # and `remind:<kind>:<name>:<1..MAX_REMINDERS>`.
@@ -37,16 +49,17 @@ MAX_REMINDERS = 10
 HANDOFF_MODES = ("auto", "notify")
 
 
-def with_policy(
-    source: str,
+def policy_header(
     *,
+    prefix: str,
     events_max: int,
     handoff: str,
     default_ttl_ms: tuple[int, int],
     reminder_offsets_ms: Sequence[int],
 ) -> str:
-    """`source` with the store's policy defined in front of it as the Lua table `POLICY`.
+    """Lua defining one store's key prefix and policy, for the front of its scripts.
 
+    PREFIX ("{ns}:") and the shared keys INDEX, TIMELINE and EVENTS, then the table POLICY:
     POLICY.cap (event stream cap), POLICY.handoff ('auto' gives a freed lease to the first
     waiter, 'notify' only tells them), POLICY.ttl[kind] (default TTL ms of a handed-off
     lease) and POLICY.offsets (reminder offsets ms before expiry, at most MAX_REMINDERS).
@@ -57,12 +70,46 @@ def with_policy(
         raise ValueError(f"at most {MAX_REMINDERS} reminder offsets are supported")
     lock_ttl, claim_ttl = (int(ttl) for ttl in default_ttl_ms)
     offsets = ", ".join(str(int(offset)) for offset in reminder_offsets_ms)
-    header = (
+    return (
+        f"local PREFIX = {lua_string(prefix)}\n"
+        f"local INDEX, TIMELINE, EVENTS = {lua_string(prefix + 'leases')}, "
+        f"{lua_string(prefix + 'timeline')}, {lua_string(prefix + 'events')}\n"
         f"local POLICY = {{cap = {int(events_max)}, handoff = '{handoff}',\n"
         f"  ttl = {{lock = {lock_ttl}, claim = {claim_ttl}}}, offsets = {{{offsets}}}}}\n"
         f"local MAX_REMINDERS = {MAX_REMINDERS}\n"
     )
-    return header + source
+
+
+def script(body: str, header: str) -> str:
+    """One script for EVAL: the store's header, the shared helpers, then `body`."""
+    return header + _PRELUDE + body
+
+
+def library(bodies: Mapping[str, str], header: str) -> tuple[str, str]:
+    """The store's scripts as one Redis Functions library: its name, and its code.
+
+    Loaded once (`FUNCTION LOAD`), the helpers and the policy are defined once instead of on
+    every call. The body called `acquire` becomes the function `<library name>_acquire`.
+    The name is the code's hash, so stores with different policies never replace each
+    other's library.
+    """
+    functions = "".join(
+        f"redis.register_function('@_{name}', function(keys, args)\n"
+        f"KEYS, ARGV = keys, args\n{body}\nend)\n"
+        for name, body in bodies.items()
+    )
+    code = header + "local KEYS, ARGV\n" + _PRELUDE + functions
+    name = "deploybot_" + hashlib.sha1(code.encode()).hexdigest()[:16]
+    return name, f"#!lua name={name}\n" + code.replace("'@_", f"'{name}_")
+
+
+def lua_string(text: str) -> str:
+    """`text` as a Lua string literal: printable ASCII as it is, every other byte escaped."""
+    escaped = "".join(
+        f"\\{byte}" if byte < 0x20 or byte > 0x7E or chr(byte) in "\\'" else chr(byte)
+        for byte in text.encode()
+    )
+    return f"'{escaped}'"
 
 
 _PRELUDE = """
@@ -71,24 +118,35 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Integers above 2^31 must not go through tostring, which may use exponent notation.
+-- Integers above 10^14 must not go through tostring, which would use exponent notation;
+-- only a hand-edited fencing counter gets there.
 local function int(n)
   return string.format('%.0f', n)
 end
 
 -- A lease script's answer (see the module's docstring).
 local function answer(outcome, now, raw, position)
-  return outcome .. ' ' .. int(now) .. ' ' .. int(position or 0) .. ' ' .. (raw or '')
+  return outcome .. ' ' .. now .. ' ' .. (position or 0) .. ' ' .. (raw or '')
 end
 
-local function lease_context()
-  return {lease = KEYS[1], fence = KEYS[2], index = KEYS[3], timeline = KEYS[4],
-    events = KEYS[5], queue = KEYS[6], kind = ARGV[1], name = ARGV[2], via = ARGV[3]}
+-- What a script needs to know about the lease it works on; `lease` is its key when the
+-- caller declared it (KEYS[1]).
+local function context(kind, name, via, lease)
+  local field = kind .. ':' .. name
+  return {kind = kind, name = name, via = via, field = field,
+    lease = lease or (PREFIX .. 'lease:' .. field), fence = PREFIX .. 'fence:' .. field,
+    queue = PREFIX .. 'queue:' .. field}
+end
+
+-- A lease script's request (ARGV[1]) and the context it names.
+local function request()
+  local req = cjson.decode(ARGV[1])
+  return req, context(req.kind, req.name, req.via, KEYS[1])
 end
 
 local function emit(ctx, type, now, data)
-  redis.call('XADD', ctx.events, 'MAXLEN', '~', POLICY.cap, '*',
-    'type', type, 'kind', ctx.kind, 'name', ctx.name, 'at', int(now), 'data', data)
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', POLICY.cap, '*',
+    'type', type, 'kind', ctx.kind, 'name', ctx.name, 'at', now, 'data', data)
 end
 
 -- `raw` (a JSON object) with extra fields, for an event's data.
@@ -100,8 +158,8 @@ local function with_fields(raw, extra)
 end
 
 local function with_via(ctx, raw)
-  if ctx.via == '' then return raw end
-  return with_fields(raw, {via = cjson.decode(ctx.via)})
+  if type(ctx.via) ~= 'table' then return raw end
+  return with_fields(raw, {via = ctx.via})
 end
 
 -- A lease as deploybot wrote it, or nil for anything else (hand-edited or damaged), so a
@@ -122,47 +180,45 @@ local function same_holder(a, b)
   return a.platform == b.platform and a.user_id == b.user_id
 end
 
-local function field(ctx)
-  return ctx.kind .. ':' .. ctx.name
-end
-
-local function reminder_members(ctx, from)
-  local members = {}
-  for i = from, MAX_REMINDERS do members[#members + 1] = 'remind:' .. field(ctx) .. ':' .. i end
+-- Reminder members `from`..MAX_REMINDERS of this lease, after `members` (a list).
+local function reminder_members(ctx, from, members)
+  local base = 'remind:' .. ctx.field .. ':'
+  for i = from, MAX_REMINDERS do members[#members + 1] = base .. i end
   return members
 end
 
 -- Every timeline entry of this lease, in one call.
 local function clear_timeline(ctx)
-  redis.call('ZREM', ctx.timeline, 'expire:' .. field(ctx), unpack(reminder_members(ctx, 1)))
+  redis.call('ZREM', TIMELINE, unpack(reminder_members(ctx, 1, {'expire:' .. ctx.field})))
 end
 
 -- The expiry entry and one reminder per configured offset before expiry; for a lease
 -- shorter than twice an offset, at half its remaining life instead. Re-arming replaces
 -- the earlier ones; a fresh lease has none (every way a lease ends clears its entries).
 local function arm_timeline(ctx, lease, now, fresh)
-  local left = lease.expires_at - now
-  local entries, seen, count = {int(lease.expires_at), 'expire:' .. field(ctx)}, {}, 0
+  local expires = lease.expires_at
+  local left = expires - now
+  local base = 'remind:' .. ctx.field .. ':'
+  local entries, seen, count = {expires, 'expire:' .. ctx.field}, {}, 0
   for _, offset in ipairs(POLICY.offsets) do
-    local due = (left >= 2 * offset) and (lease.expires_at - offset)
-      or (now + math.floor(left / 2))
+    local due = (left >= 2 * offset) and (expires - offset) or (now + math.floor(left / 2))
     if not seen[due] then
       seen[due] = true
       count = count + 1
-      entries[#entries + 1] = int(due)
-      entries[#entries + 1] = 'remind:' .. field(ctx) .. ':' .. count
+      entries[#entries + 1] = due
+      entries[#entries + 1] = base .. count
     end
   end
-  redis.call('ZADD', ctx.timeline, unpack(entries))
+  redis.call('ZADD', TIMELINE, unpack(entries))
   if not fresh and count < MAX_REMINDERS then
-    redis.call('ZREM', ctx.timeline, unpack(reminder_members(ctx, count + 1)))
+    redis.call('ZREM', TIMELINE, unpack(reminder_members(ctx, count + 1, {})))
   end
 end
 
 local function store_lease(ctx, lease, ttl, now, fresh)
   local encoded = cjson.encode(lease)
   redis.call('SET', ctx.lease, encoded, 'PX', ttl)
-  redis.call('HSET', ctx.index, field(ctx), encoded)
+  redis.call('HSET', INDEX, ctx.field, encoded)
   arm_timeline(ctx, lease, now, fresh)
   return encoded
 end
@@ -173,10 +229,10 @@ end
 -- (several in one millisecond, or a clock behind) takes a second write.
 local function take(ctx, holder, note, ttl, origin, now)
   local token = now
-  local last = tonumber(redis.call('SET', ctx.fence, int(token), 'GET') or '0') or 0
+  local last = tonumber(redis.call('SET', ctx.fence, token, 'GET')) or 0
   if last >= token then
     token = last + 1
-    redis.call('SET', ctx.fence, int(token))
+    redis.call('SET', ctx.fence, token)
   end
   local lease = {kind = ctx.kind, name = ctx.name, holder = holder, note = note,
     acquired_at = now, expires_at = now + ttl, token = token}
@@ -232,9 +288,9 @@ end
 -- The lease key is gone but its snapshot is still indexed: it expired and nobody has
 -- said so yet. Record that now (once), then serve the waitlist.
 local function flush_expired(ctx, now)
-  local stale = redis.call('HGET', ctx.index, field(ctx))
+  local stale = redis.call('HGET', INDEX, ctx.field)
   if not stale then return false end
-  redis.call('HDEL', ctx.index, field(ctx))
+  redis.call('HDEL', INDEX, ctx.field)
   clear_timeline(ctx)
   local lease = decode_lease(stale, ctx.kind, ctx.name)
   local due = lease and lease.expires_at or now
@@ -269,60 +325,51 @@ end
 """
 
 # Take a lease if free, refresh it if the caller already holds it, else report the holder.
-# ARGV[4] holder JSON, ARGV[5] note ('' keeps the current note on refresh),
-# ARGV[6] TTL ms, ARGV[7] origin JSON or '', ARGV[8] '1' when the TTL is a default, not
-# asked for: then a refresh never shortens the lease.
-ACQUIRE = (
-    _PRELUDE
-    + """
-local ctx = lease_context()
+# Request: holder, note ('' keeps the current note on refresh), ttl (ms), origin (optional),
+# keep (true when the TTL is a default nobody asked for: then a refresh never shortens).
+ACQUIRE = """
+local req, ctx = request()
 local now = now_ms()
-local holder = cjson.decode(ARGV[4])
-local ttl = tonumber(ARGV[6])
+local holder, ttl = req.holder, req.ttl
 local raw = current(ctx, now)
 
 if raw then
   local lease = decode_lease(raw, ctx.kind, ctx.name)
   if not lease then return answer('corrupt', now, raw) end
   if not same_holder(lease.holder, holder) then return answer('held', now, raw) end
-  if ARGV[8] == '1' and lease.expires_at > now + ttl then ttl = lease.expires_at - now end
+  if req.keep and lease.expires_at > now + ttl then ttl = lease.expires_at - now end
   lease.expires_at = now + ttl
   lease.holder.display = holder.display
-  if ARGV[5] ~= '' then lease.note = ARGV[5] end
+  if req.note ~= '' then lease.note = req.note end
   local encoded = store_lease(ctx, lease, ttl, now)
   emit(ctx, 'refreshed', now, with_via(ctx, encoded))
   return answer('refreshed', now, encoded)
 end
 
-local origin = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
-local encoded = take(ctx, holder, ARGV[5], ttl, origin, now)
+local encoded = take(ctx, holder, req.note, ttl, req.origin, now)
 remove_waiter(ctx, holder)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return answer('acquired', now, encoded)
 """
-)
 
 # Release a lease: only by its holder, or by anyone when forced (admins; checked before).
 # A forced release also clears a corrupt record. The freed lease goes to the waitlist.
-# ARGV[4] caller JSON, ARGV[5] '1' to force, ARGV[6] reason (forced only).
-RELEASE = (
-    _PRELUDE
-    + """
-local ctx = lease_context()
+# Request: caller, forced (true to force), reason (forced only).
+RELEASE = """
+local req, ctx = request()
 local now = now_ms()
-local caller = cjson.decode(ARGV[4])
-local forced = ARGV[5] == '1'
+local caller, forced = req.caller, req.forced == true
 local lease, raw, refusal = callers_lease(ctx, now, caller, forced)
 if refusal then return refusal end
 
 redis.call('DEL', ctx.lease)
-redis.call('HDEL', ctx.index, field(ctx))
+redis.call('HDEL', INDEX, ctx.field)
 clear_timeline(ctx)
 
 if forced then
   local record = lease or {kind = ctx.kind, name = ctx.name, corrupt = raw}
   record.forced_by = caller
-  record.reason = ARGV[6]
+  record.reason = req.reason
   emit(ctx, 'forced', now, with_via(ctx, cjson.encode(record)))
 else
   emit(ctx, 'released', now, with_via(ctx, raw))
@@ -330,49 +377,40 @@ end
 hand_off(ctx, now, lease)
 return answer(forced and 'forced' or 'released', now, raw)
 """
-)
 
 # Extend a lease held by the caller: new expiry = Redis now + TTL; reminders re-armed.
-# ARGV[4] caller JSON, ARGV[5] TTL ms.
-EXTEND = (
-    _PRELUDE
-    + """
-local ctx = lease_context()
+# Request: caller, ttl (ms).
+EXTEND = """
+local req, ctx = request()
 local now = now_ms()
-local caller = cjson.decode(ARGV[4])
-local lease, _, refusal = callers_lease(ctx, now, caller, false)
+local lease, _, refusal = callers_lease(ctx, now, req.caller, false)
 if refusal then return refusal end
 
-local ttl = tonumber(ARGV[5])
-lease.expires_at = now + ttl
-local encoded = store_lease(ctx, lease, ttl, now)
+lease.expires_at = now + req.ttl
+local encoded = store_lease(ctx, lease, req.ttl, now)
 emit(ctx, 'extended', now, with_via(ctx, encoded))
 return answer('extended', now, encoded)
 """
-)
 
 # Join the waitlist (idempotent). A free resource is taken at once in 'auto' mode.
 # Outcomes: 'holding' (the caller holds it already), 'waiting' (with the position),
 # 'acquired' (it was free), 'free' ('notify' mode), 'corrupt'.
-# ARGV[4] holder JSON, ARGV[5] note, ARGV[6] TTL ms or '', ARGV[7] origin JSON or '',
-# ARGV[8] how long the caller will wait, ms, or '' (no limit). Joining again keeps the
-# place in line and takes the new note, TTL and wait.
-JOIN_WAITLIST = (
-    _PRELUDE
-    + """
-local ctx = lease_context()
+# Request: holder, note, ttl (ms, optional), origin (optional), wait (how long the caller
+# will wait, ms; optional: no limit). Joining again keeps the place in line and takes the
+# new note, TTL and wait.
+JOIN_WAITLIST = """
+local req, ctx = request()
 local now = now_ms()
-local holder = cjson.decode(ARGV[4])
+local holder = req.holder
 local raw = current(ctx, now)
 
 if raw then
   local lease = decode_lease(raw, ctx.kind, ctx.name)
   if not lease then return answer('corrupt', now, raw) end
   if same_holder(lease.holder, holder) then return answer('holding', now, raw) end
-  local waiter = {holder = holder, note = ARGV[5], since = now}
-  if ARGV[6] ~= '' then waiter.ttl = tonumber(ARGV[6]) end
-  if ARGV[7] ~= '' then waiter.origin = cjson.decode(ARGV[7]) end
-  if ARGV[8] ~= '' then waiter.gives_up_at = now + tonumber(ARGV[8]) end
+  local waiter = {holder = holder, note = req.note, since = now, ttl = req.ttl,
+    origin = req.origin}
+  if req.wait then waiter.gives_up_at = now + req.wait end
   local position = waiter_position(ctx, holder)
   if position then
     redis.call('LSET', ctx.queue, position - 1, cjson.encode(waiter))
@@ -384,68 +422,52 @@ if raw then
 end
 
 if POLICY.handoff ~= 'auto' then return answer('free', now) end
-local ttl = ARGV[6] ~= '' and tonumber(ARGV[6]) or POLICY.ttl[ctx.kind]
-local origin = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
-local encoded = take(ctx, holder, ARGV[5], ttl, origin, now)
+local encoded = take(ctx, holder, req.note, req.ttl or POLICY.ttl[ctx.kind], req.origin, now)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return answer('acquired', now, encoded)
 """
-)
 
-# Leave the waitlist. Returns {'left' or 'not_waiting', position or 0}.
-# ARGV[4] holder JSON.
-LEAVE_WAITLIST = (
-    _PRELUDE
-    + """
-local ctx = lease_context()
-local holder = cjson.decode(ARGV[4])
-local position = remove_waiter(ctx, holder)
-if not position then return {'not_waiting', 0} end
-emit(ctx, 'left', now_ms(), with_via(ctx, cjson.encode({holder = holder})))
-return {'left', position}
+# Leave the waitlist. Answers `left` or `not_waiting` with the position the caller had, as
+# a lease script does. Request: holder.
+LEAVE_WAITLIST = """
+local req, ctx = request()
+local now = now_ms()
+local position = remove_waiter(ctx, req.holder)
+if not position then return answer('not_waiting', now) end
+emit(ctx, 'left', now, with_via(ctx, cjson.encode({holder = req.holder})))
+return answer('left', now, nil, position)
 """
-)
 
-# Turn due timeline entries into events, at most ARGV[2] per call, so the cost follows the
+# Turn due timeline entries into events, at most ARGV[1] per call, so the cost follows the
 # number of due entries, never the number of live leases. Taking them out is part of the
 # script, so with several replicas sweeping, each entry is handled exactly once.
-# KEYS[1] timeline, KEYS[2] lease index, KEYS[3] event stream.
-# ARGV[1] key prefix ("{ns}:"), ARGV[2] batch limit.
+# KEYS[1] the timeline. ARGV[1] batch limit.
 # Returns {expired, reminders, due entries seen, Redis now ms}.
-SWEEP = (
-    _PRELUDE
-    + """
+SWEEP = """
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
-  'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', now, 'WITHSCORES',
+  'LIMIT', 0, tonumber(ARGV[1]))
 local expired, reminded = 0, 0
-
-local function context_for(kind, name)
-  local suffix = kind .. ':' .. name
-  return {lease = ARGV[1] .. 'lease:' .. suffix, fence = ARGV[1] .. 'fence:' .. suffix,
-    index = KEYS[2], timeline = KEYS[1], events = KEYS[3],
-    queue = ARGV[1] .. 'queue:' .. suffix, kind = kind, name = name, via = ''}
-end
 
 for i = 1, #due, 2 do
   local member, score = due[i], tonumber(due[i + 1])
   local what, kind, name = string.match(member, '^(%a+):(%a+):(.+)$')
   if what == 'remind' then name = string.match(name, '^(.+):%d+$') end
   if not (what and kind and name) or (kind ~= 'lock' and kind ~= 'claim') then
-    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', TIMELINE, member)
   else
-    local ctx = context_for(kind, name)
+    local ctx = context(kind, name, nil)
     local raw = redis.call('GET', ctx.lease)
     local lease = raw and decode_lease(raw, kind, name)
     if what == 'expire' and raw then
       -- Still alive (extended since, or Redis has not expired it yet): look again later.
       local due_at = lease and math.max(lease.expires_at, now + 100) or now + 1000
-      redis.call('ZADD', KEYS[1], int(due_at), member)
+      redis.call('ZADD', TIMELINE, due_at, member)
     elseif what == 'expire' then
-      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZREM', TIMELINE, member)
       if flush_expired(ctx, now) then expired = expired + 1 end
     else
-      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZREM', TIMELINE, member)
       if lease and lease.expires_at > now then
         emit(ctx, 'reminder', now, with_fields(raw, {due_at = score}))
         reminded = reminded + 1
@@ -455,14 +477,11 @@ for i = 1, #due, 2 do
 end
 return {expired, reminded, #due / 2, int(now)}
 """
-)
 
 # Record a job status. A URL or detail left out keeps the previous one (a pipeline sets the
 # link once, at `running`); an empty one clears it. KEYS[1] jobs hash, KEYS[2] event stream.
 # ARGV[1] job JSON without updated_at.
-SET_JOB = (
-    _PRELUDE
-    + """
+SET_JOB = """
 local now = now_ms()
 local job = cjson.decode(ARGV[1])
 local ok, old = pcall(cjson.decode, redis.call('HGET', KEYS[1], job.name) or 'null')
@@ -479,13 +498,10 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', POLICY.cap, '*',
   'type', 'job', 'kind', 'job', 'name', job.name, 'at', int(now), 'data', encoded)
 return encoded
 """
-)
 
 # Remove a job status. KEYS[1] jobs hash, KEYS[2] event stream.
 # ARGV[1] job name, ARGV[2] remover's name.
-REMOVE_JOB = (
-    _PRELUDE
-    + """
+REMOVE_JOB = """
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 if removed == 1 then
   local data = cjson.encode({name = ARGV[1], removed_by = ARGV[2]})
@@ -494,14 +510,11 @@ if removed == 1 then
 end
 return removed
 """
-)
 
 # List jobs, dropping finished ones older than the retention. Returns Redis now, then name
 # and value pairs; unparseable records are returned as they are, so the caller can report
 # them instead of failing. KEYS[1] jobs hash. ARGV[1] retention ms.
-LIST_JOBS = (
-    _PRELUDE
-    + """
+LIST_JOBS = """
 local now = now_ms()
 local cutoff = now - tonumber(ARGV[1])
 local entries = redis.call('HGETALL', KEYS[1])
@@ -520,7 +533,6 @@ for i = 1, #entries, 2 do
 end
 return kept
 """
-)
 
 # Count live leases by kind and the people waiting for them, in one round trip: metrics
 # are scraped often, and copying every lease to the client just to count them would cost

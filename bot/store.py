@@ -21,7 +21,6 @@ because each is one script.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import ssl
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -187,25 +187,75 @@ class SweepResult:
     now_ms: int
 
 
-class _Script:
-    """A Lua script run by its SHA1, loaded into the server the first time it is missing.
+class _Library:
+    """A store's scripts as one Redis Functions library (see bot.scripts), loaded into the
+    server the first time a function is missing. `usable` turns False for good when the
+    server has no Functions (Redis 6.2) or the ACL denies them; the scripts then run by
+    EVALSHA."""
 
-    The same as redis-py's `Script`, without the per-call work it does for pipelines,
-    which deploybot never runs scripts in; lease operations are the hot path.
+    def __init__(self, client: RedisClient, name: str, code: str):
+        self._client = client
+        self.name = name
+        self.code = code
+        self.usable = True
+
+    async def load(self) -> bool:
+        """Load (or reload) the library; False when this server cannot run it."""
+        try:
+            # REPLACE: the name is the code's hash, so this only ever replaces the same code.
+            await self._client.function_load(self.code, replace=True)
+        except ResponseError as error:
+            if not _functions_unavailable(error):
+                raise
+            log.info("state store has no Redis Functions; scripts run by EVALSHA")
+            self.usable = False
+            return False
+        return True
+
+
+class _Script:
+    """A Lua script: a function of the store's library when the server has Functions, else
+    run by its SHA1 and loaded the first time it is missing.
+
+    Like redis-py's `Script`, without the per-call work it does for pipelines, which
+    deploybot never runs scripts in; lease operations are the hot path.
     """
 
-    def __init__(self, client: RedisClient, source: str):
+    def __init__(
+        self, client: RedisClient, source: str, library: _Library | None = None, name: str = ""
+    ):
         self._client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._library = library
+        self.function = f"{library.name}_{name}" if library else ""
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+        library = self._library
+        if library is not None and library.usable:
+            try:
+                return await self._client.fcall(self.function, len(keys), *keys, *args)
+            except ResponseError as error:
+                # A new server, FUNCTION FLUSH, or a server without Functions.
+                if not (_function_missing(error) or _functions_unavailable(error)):
+                    raise
+            if await library.load():
+                return await self._client.fcall(self.function, len(keys), *keys, *args)
         try:
             return await self._client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             # A new server, a failover to a replica that never saw it, or SCRIPT FLUSH.
             await self._client.script_load(self.source)
             return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def _function_missing(error: ResponseError) -> bool:
+    return "function not found" in str(error).lower()
+
+
+def _functions_unavailable(error: ResponseError) -> bool:
+    """FCALL or FUNCTION refused as unknown (before Redis 7) or by the ACL."""
+    return isinstance(error, NoPermissionError) or "unknown command" in str(error).lower()
 
 
 class Store:
@@ -227,30 +277,39 @@ class Store:
             policy = replace(policy, events_max=events_max)
         self.policy = policy
 
-        def register(source: str) -> _Script:
-            return _Script(
-                client,
-                scripts.with_policy(
-                    source,
-                    events_max=policy.events_max,
-                    handoff=policy.handoff,
-                    default_ttl_ms=policy.default_ttl_ms,
-                    reminder_offsets_ms=policy.reminder_offsets_ms,
-                ),
-            )
-
-        self._acquire = register(scripts.ACQUIRE)
-        self._release = register(scripts.RELEASE)
-        self._extend = register(scripts.EXTEND)
-        self._join = register(scripts.JOIN_WAITLIST)
-        self._leave = register(scripts.LEAVE_WAITLIST)
-        self._sweep = register(scripts.SWEEP)
-        self._set_job = register(scripts.SET_JOB)
-        self._remove_job = register(scripts.REMOVE_JOB)
-        self._list_jobs = register(scripts.LIST_JOBS)
+        header = scripts.policy_header(
+            prefix=self.key(""),
+            events_max=policy.events_max,
+            handoff=policy.handoff,
+            default_ttl_ms=policy.default_ttl_ms,
+            reminder_offsets_ms=policy.reminder_offsets_ms,
+        )
+        bodies = {
+            "acquire": scripts.ACQUIRE,
+            "release": scripts.RELEASE,
+            "extend": scripts.EXTEND,
+            "join": scripts.JOIN_WAITLIST,
+            "leave": scripts.LEAVE_WAITLIST,
+            "sweep": scripts.SWEEP,
+            "set_job": scripts.SET_JOB,
+            "remove_job": scripts.REMOVE_JOB,
+            "list_jobs": scripts.LIST_JOBS,
+        }
+        self._library = _Library(client, *scripts.library(bodies, header))
+        compiled = {
+            name: _Script(client, scripts.script(body, header), self._library, name)
+            for name, body in bodies.items()
+        }
+        self._acquire = compiled["acquire"]
+        self._release = compiled["release"]
+        self._extend = compiled["extend"]
+        self._join = compiled["join"]
+        self._leave = compiled["leave"]
+        self._sweep = compiled["sweep"]
+        self._set_job = compiled["set_job"]
+        self._remove_job = compiled["remove_job"]
+        self._list_jobs = compiled["list_jobs"]
         self._count_leases = _Script(client, scripts.COUNT_LEASES)
-        # The keys every lease script uses whatever the lease (see bot.scripts).
-        self._shared_keys = (self.key("leases"), self.key("timeline"), self.key("events"))
 
     @property
     def redis(self) -> RedisClient:
@@ -296,14 +355,10 @@ class Store:
         announcements are not repeated in the channel that already saw the reply.
         `keep_longer` (for a default TTL nobody asked for): a refresh keeps a later expiry.
         """
-        extra = [
-            _dumps(holder.__dict__),
-            note,
-            ttl_ms,
-            _dumps(origin.__dict__) if origin else "",
-            int(keep_longer),
-        ]
-        outcome, lease, now = await self._run_lease_script(self._acquire, kind, name, via, extra)
+        request = {"holder": holder.__dict__, "note": note, "ttl": ttl_ms, "keep": keep_longer}
+        if origin:
+            request["origin"] = origin.__dict__
+        outcome, lease, now = await self._run_lease_script(self._acquire, kind, name, via, request)
         if outcome == "held":
             raise LeaseHeld(lease, now)
 
@@ -332,8 +387,8 @@ class Store:
         corrupt record, which nothing else can.
         """
         forced = force_reason is not None
-        extra = [_dumps(caller.__dict__), int(forced), force_reason or ""]
-        outcome, now, _, raw = await self._lease_script(self._release, kind, name, via, extra)
+        request = {"caller": caller.__dict__, "forced": forced, "reason": force_reason or ""}
+        outcome, now, _, raw = await self._lease_script(self._release, kind, name, via, request)
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
@@ -364,8 +419,8 @@ class Store:
         via: Origin | None = None,
     ) -> LeaseChange:
         """Move the expiry to Redis now + `ttl_ms` and re-arm reminders; holder only."""
-        extra = [_dumps(caller.__dict__), ttl_ms]
-        outcome, lease, now = await self._run_lease_script(self._extend, kind, name, via, extra)
+        request = {"caller": caller.__dict__, "ttl": ttl_ms}
+        outcome, lease, now = await self._run_lease_script(self._extend, kind, name, via, request)
         if outcome == "not_holder":
             raise NotHolder(lease, "extend")
 
@@ -395,17 +450,19 @@ class Store:
         With `wait_ms` the place in line lapses after that long, so a waiter that died
         without leaving (a killed pipeline) is never handed the lease.
         """
-        extra = [
-            _dumps(holder.__dict__),
-            note,
-            ttl_ms or "",
-            _dumps(origin.__dict__) if origin else "",
-            wait_ms or "",
-        ]
-        outcome, now, position, raw = await self._lease_script(self._join, kind, name, via, extra)
+        request: dict[str, Any] = {"holder": holder.__dict__, "note": note}
+        if ttl_ms:
+            request["ttl"] = ttl_ms
+        if origin:
+            request["origin"] = origin.__dict__
+        if wait_ms:
+            request["wait"] = wait_ms
+        outcome, now, position, raw = await self._lease_script(
+            self._join, kind, name, via, request
+        )
         if outcome == "corrupt":
             raise CorruptRecord(self._lease_key(kind, name))
-        lease = _parse_lease(raw, self._lease_key(kind, name)) if raw else None
+        lease = self._parse(raw, kind, name) if raw else None
         log.info(
             "waitlist %s kind=%s name=%s holder=%s position=%s",
             outcome,
@@ -420,13 +477,10 @@ class Store:
         self, kind: LeaseKind, name: str, holder: Holder, *, via: Origin | None = None
     ) -> bool:
         """Stop waiting; False when `holder` was not on the waitlist."""
-        extra = [_dumps(holder.__dict__)]
-        result = await self._call(
-            self._leave,
-            keys=self._lease_keys(kind, name),
-            args=self._lease_args(kind, name, via, extra),
+        outcome, *_ = await self._lease_script(
+            self._leave, kind, name, via, {"holder": holder.__dict__}
         )
-        return _text(result[0]) == "left"
+        return outcome == "left"
 
     async def waiters(self, kind: LeaseKind, name: str) -> list[Holder]:
         """Who waits for the lease, first in line first; unreadable entries and waits that
@@ -498,9 +552,9 @@ class Store:
 
     async def sweep_due(self, *, limit: int = 500) -> SweepResult:
         """Turn due expiries and reminders into events (and hand freed leases on)."""
-        keys = [self.key("timeline"), self.key("leases"), self.key("events")]
-        args = [self._prefix + ":", limit]
-        expired, reminders, due, now = await self._call(self._sweep, keys=keys, args=args)
+        expired, reminders, due, now = await self._call(
+            self._sweep, keys=[self.key("timeline")], args=[limit]
+        )
         if expired or reminders:
             log.info("sweep expired=%s reminders=%s", expired, reminders)
         return SweepResult(int(expired), int(reminders), int(due), int(now))
@@ -622,47 +676,57 @@ class Store:
         return bool(await self._call(self._redis.set, key, "1", nx=True, ex=ttl_s))
 
     async def _run_lease_script(
-        self, script: _Script, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
+        self,
+        script: _Script,
+        kind: LeaseKind,
+        name: str,
+        via: Origin | None,
+        request: dict[str, Any],
     ) -> tuple[str, Lease, int]:
         """Run a lease script; map free and corrupt outcomes to their errors."""
-        outcome, now, _, raw = await self._lease_script(script, kind, name, via, extra)
+        outcome, now, _, raw = await self._lease_script(script, kind, name, via, request)
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
             raise CorruptRecord(self._lease_key(kind, name))
-        return outcome, _parse_lease(raw, self._lease_key(kind, name)), now
+        return outcome, self._parse(raw, kind, name), now
 
     async def _lease_script(
-        self, script: _Script, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
+        self,
+        script: _Script,
+        kind: LeaseKind,
+        name: str,
+        via: Origin | None,
+        request: dict[str, Any],
     ) -> tuple[str, int, int, str]:
-        """Run a lease script: its outcome, Redis's time, a waitlist position, the lease JSON."""
-        keys, args = self._lease_keys(kind, name), self._lease_args(kind, name, via, extra)
-        reply = await self._call(script, keys=keys, args=args)
+        """Run a lease script: its outcome, Redis's time, a waitlist position, the lease JSON.
+
+        `request` holds the script's own fields (see bot.scripts); which lease, and `via`,
+        are added here.
+        """
+        request["kind"], request["name"] = kind, name
+        if via:
+            request["via"] = via.__dict__
+        reply = await self._call(
+            script, keys=[self._lease_key(kind, name)], args=[_dumps(request)]
+        )
         outcome, now, position, raw = _text(reply).split(" ", 3)
         return outcome, int(now), int(position), raw
-
-    def _lease_keys(self, kind: LeaseKind, name: str) -> list[str]:
-        """KEYS for every lease script (see bot.scripts)."""
-        return [
-            self._lease_key(kind, name),
-            self.key("fence", kind, name),
-            *self._shared_keys,
-            self.key("queue", kind, name),
-        ]
-
-    def _lease_args(
-        self, kind: LeaseKind, name: str, via: Origin | None, extra: list[Any]
-    ) -> list[Any]:
-        """The leading ARGV every lease script shares, then the script's own."""
-        return [kind, name, _dumps(via.__dict__) if via else "", *extra]
 
     def _parse_or_placeholder(self, raw: str, kind: LeaseKind, name: str, now: int) -> Lease:
         """Parse a released lease; a force-cleared corrupt record yields a placeholder."""
         try:
-            return _parse_lease(raw, self._lease_key(kind, name))
+            return self._parse(raw, kind, name)
         except CorruptRecord:
             unknown = Holder("unknown", "unknown", "unknown (corrupt record)")
             return Lease(kind, name, unknown, "", now, now, 0)
+
+    def _parse(self, raw: str, kind: LeaseKind, name: str) -> Lease:
+        """A lease a script answered with; CorruptRecord (naming its key) when unreadable."""
+        try:
+            return Lease.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return _parse_lease(raw, self._lease_key(kind, name))
 
     def _lease_key(self, kind: LeaseKind, name: str) -> str:
         return self.key("lease", kind, name)
@@ -1179,7 +1243,7 @@ def _parse_lease(raw: str | bytes, key: str) -> Lease:
 def _parse_event(entry_id: str, fields: dict[Any, Any]) -> Event | None:
     """Parse a stream entry; entries not written by deploybot are skipped."""
     try:
-        data = json.loads(fields.get("data") or "{}")
+        data = orjson.loads(fields.get("data") or "{}")
         return Event(
             id=_text(entry_id),
             type=fields["type"],
@@ -1207,7 +1271,7 @@ def _events(entries: Any) -> list[Event]:
 def _waiter_holder(raw: str | bytes, now_ms: int) -> Holder | None:
     """The holder in a waitlist entry, or None for an unreadable one or a wait that ran out."""
     try:
-        waiter = json.loads(raw)
+        waiter = orjson.loads(raw)
         if int(waiter.get("gives_up_at") or now_ms) < now_ms:
             return None
         return Holder.from_dict(waiter["holder"])
@@ -1215,12 +1279,9 @@ def _waiter_holder(raw: str | bytes, now_ms: int) -> Holder | None:
         return None
 
 
-# Built once: json.dumps with any option builds a new encoder on every call.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    return _COMPACT_JSON.encode(data)
+def _dumps(data: dict[str, Any]) -> bytes:
+    """Compact JSON for a script's request: orjson, as every lease operation encodes one."""
+    return orjson.dumps(data)
 
 
 def _text(value: str | bytes) -> str:

@@ -550,6 +550,69 @@ async def test_force_release_clears_a_corrupt_record(
     assert (await store.acquire(kind, "backend", ALICE, ttl_ms=HOUR_MS)).outcome == "acquired"
 
 
+# How the scripts run: a Redis Functions library where the server allows it, else EVALSHA
+
+
+async def library_loaded(client: Redis, store: Store) -> bool:
+    return bool(await client.function_list(library=store._library.name))
+
+
+async def lease_round_trip(store: Store) -> None:
+    """Every lease script once, each answering as it should."""
+    assert (await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=HOUR_MS)).outcome == (
+        "acquired"
+    )
+    assert (await store.extend(LeaseKind.LOCK, "backend", ALICE, ttl_ms=HOUR_MS)).outcome == (
+        "extended"
+    )
+    assert (await store.join_waitlist(LeaseKind.LOCK, "backend", BOB)).position == 1
+    assert await store.leave_waitlist(LeaseKind.LOCK, "backend", BOB)
+    assert (await store.release(LeaseKind.LOCK, "backend", ALICE)).outcome == "released"
+    assert (await store.sweep_due()).due == 0
+    assert (await store.set_job(Job("build-1", "running", 0, "ci"))).status == "running"
+
+
+async def test_scripts_run_as_a_library_loaded_again_when_the_server_lost_it(
+    store: Store, redis_client: Redis
+) -> None:
+    """The first call loads the store's library; after FUNCTION FLUSH (or a new server) the
+    next call loads it again and nothing fails."""
+    await lease_round_trip(store)
+    assert await library_loaded(redis_client, store)
+
+    await redis_client.function_flush()
+    await lease_round_trip(store)
+    assert await library_loaded(redis_client, store)
+
+
+async def test_scripts_run_by_evalsha_for_a_user_denied_functions(
+    redis_server_url: str, redis_client: Redis, namespace: str
+) -> None:
+    """A user the ACL denies FUNCTION and FCALL (as on a server before Redis 7) still gets
+    every operation, by EVALSHA, reloading scripts the server has forgotten."""
+    user = f"nofunctions-{namespace}"
+    await redis_client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-function", "-fcall", "-fcall_ro"],
+    )
+    host_port = redis_server_url.removeprefix("redis://")
+    store = Store(connect(f"redis://{user}:secret@{host_port}"), namespace=namespace)
+    try:
+        await lease_round_trip(store)
+        assert not await library_loaded(redis_client, store)
+
+        await redis_client.script_flush()
+        await lease_round_trip(store)
+        assert not await library_loaded(redis_client, store)
+    finally:
+        await store.close()
+        await redis_client.acl_deluser(user)
+
+
 # Status listing
 
 
@@ -872,10 +935,11 @@ async def test_every_connection_busy_too_long_is_reported_as_overload(
 def test_a_policy_the_scripts_cannot_hold_is_refused(change: dict[str, Any], problem: str) -> None:
     """The policy is written into the scripts' text, so only known values get there."""
     policy = {
+        "prefix": "{deploybot}:",
         "events_max": 10_000,
         "handoff": "auto",
         "default_ttl_ms": (60_000, 60_000),
         "reminder_offsets_ms": (60_000,),
     }
     with pytest.raises(ValueError, match=problem):
-        scripts.with_policy("return 1", **{**policy, **change})
+        scripts.policy_header(**{**policy, **change})
