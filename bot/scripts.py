@@ -347,7 +347,9 @@ if raw then
 end
 
 local encoded = take(ctx, holder, req.note, ttl, req.origin, now)
-remove_waiter(ctx, holder)
+-- In 'auto' mode a free lease has nobody waiting (whoever waited was handed it, or their
+-- wait had run out), so only 'notify' can find the new holder in the waitlist.
+if POLICY.handoff ~= 'auto' then remove_waiter(ctx, holder) end
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return answer('acquired', now, encoded)
 """
