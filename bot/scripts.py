@@ -14,7 +14,8 @@ Cluster accepts that, and the client sends a third of the bytes:
     {ns}:fence:<kind>:<name>   last fencing token issued
     {ns}:leases                hash "<kind>:<name>" -> snapshot (index, and the last state
                                of a lease for its "expired" event)
-    {ns}:timeline              zset of due expiries and reminders
+    {ns}:timeline              zset: each lease's next reminder or expiry, member
+                               "<kind>:<name>"
     {ns}:events                capped stream of every change
     {ns}:queue:<kind>:<name>   the waitlist: waiter JSON, oldest first
 
@@ -42,8 +43,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-# Reminders per lease at most; the timeline members of one lease are `expire:<kind>:<name>`
-# and `remind:<kind>:<name>:<1..MAX_REMINDERS>`.
+# Reminder offsets a policy may have at most.
 MAX_REMINDERS = 10
 
 HANDOFF_MODES = ("auto", "notify")
@@ -76,7 +76,6 @@ def policy_header(
         f"{lua_string(prefix + 'timeline')}, {lua_string(prefix + 'events')}\n"
         f"local POLICY = {{cap = {int(events_max)}, handoff = '{handoff}',\n"
         f"  ttl = {{lock = {lock_ttl}, claim = {claim_ttl}}}, offsets = {{{offsets}}}}}\n"
-        f"local MAX_REMINDERS = {MAX_REMINDERS}\n"
     )
 
 
@@ -180,46 +179,37 @@ local function same_holder(a, b)
   return a.platform == b.platform and a.user_id == b.user_id
 end
 
--- Reminder members `from`..MAX_REMINDERS of this lease, after `members` (a list).
-local function reminder_members(ctx, from, members)
-  local base = 'remind:' .. ctx.field .. ':'
-  for i = from, MAX_REMINDERS do members[#members + 1] = base .. i end
-  return members
-end
-
--- Every timeline entry of this lease, in one call.
+-- A lease has one timeline entry, `<kind>:<name>`, due at its next reminder or else at its
+-- expiry; the reminder times themselves travel in the lease (`remind_at`, ascending), so
+-- taking, re-arming and clearing cost one sorted-set member each.
 local function clear_timeline(ctx)
-  redis.call('ZREM', TIMELINE, unpack(reminder_members(ctx, 1, {'expire:' .. ctx.field})))
+  redis.call('ZREM', TIMELINE, ctx.field)
 end
 
--- The expiry entry and one reminder per configured offset before expiry; for a lease
--- shorter than twice an offset, at half its remaining life instead. Re-arming replaces
--- the earlier ones; a fresh lease has none (every way a lease ends clears its entries).
-local function arm_timeline(ctx, lease, now, fresh)
+-- One reminder per configured offset before expiry; for a lease shorter than twice an
+-- offset, at half its remaining life instead. Sets `remind_at` in `lease` and the entry's
+-- due time (replacing what an earlier arming left).
+local function arm_timeline(ctx, lease, now)
   local expires = lease.expires_at
   local left = expires - now
-  local base = 'remind:' .. ctx.field .. ':'
-  local entries, seen, count = {expires, 'expire:' .. ctx.field}, {}, 0
+  local dues = {}
   for _, offset in ipairs(POLICY.offsets) do
-    local due = (left >= 2 * offset) and (expires - offset) or (now + math.floor(left / 2))
-    if not seen[due] then
-      seen[due] = true
-      count = count + 1
-      entries[#entries + 1] = due
-      entries[#entries + 1] = base .. count
-    end
+    dues[#dues + 1] = (left >= 2 * offset) and (expires - offset) or (now + math.floor(left / 2))
   end
-  redis.call('ZADD', TIMELINE, unpack(entries))
-  if not fresh and count < MAX_REMINDERS then
-    redis.call('ZREM', TIMELINE, unpack(reminder_members(ctx, count + 1, {})))
+  table.sort(dues)
+  local remind_at = {}
+  for _, due in ipairs(dues) do
+    if due ~= remind_at[#remind_at] then remind_at[#remind_at + 1] = due end
   end
+  lease.remind_at = remind_at[1] and remind_at or nil
+  redis.call('ZADD', TIMELINE, remind_at[1] or expires, ctx.field)
 end
 
-local function store_lease(ctx, lease, ttl, now, fresh)
+local function store_lease(ctx, lease, ttl, now)
+  arm_timeline(ctx, lease, now)
   local encoded = cjson.encode(lease)
   redis.call('SET', ctx.lease, encoded, 'PX', ttl)
   redis.call('HSET', INDEX, ctx.field, encoded)
-  arm_timeline(ctx, lease, now, fresh)
   return encoded
 end
 
@@ -227,7 +217,10 @@ end
 -- only ever increases, even after a failover to a replica that missed the last writes.
 -- One SET ... GET stores TIME and reads the last token; only a token at or past TIME
 -- (several in one millisecond, or a clock behind) takes a second write.
-local function take(ctx, holder, note, ttl, origin, now)
+-- `alone`: nobody waits for it. The lease then says so (`no_waiters`) until someone joins
+-- the waitlist, and its release skips the handoff. A lease without the mark (a handoff, or
+-- one written before deploybot kept it) is always served.
+local function take(ctx, holder, note, ttl, origin, now, alone)
   local token = now
   local last = tonumber(redis.call('SET', ctx.fence, token, 'GET')) or 0
   if last >= token then
@@ -237,27 +230,31 @@ local function take(ctx, holder, note, ttl, origin, now)
   local lease = {kind = ctx.kind, name = ctx.name, holder = holder, note = note,
     acquired_at = now, expires_at = now + ttl, token = token}
   if type(origin) == 'table' then lease.origin = origin end
-  return store_lease(ctx, lease, ttl, now, true)
+  if alone then lease.no_waiters = true end
+  return store_lease(ctx, lease, ttl, now)
 end
 
--- Position (1-based) of `holder` in the waitlist, or nil.
+-- Position (1-based) of `holder` in the waitlist (or nil), their entry, and how many wait.
 local function waiter_position(ctx, holder)
   local entries = redis.call('LRANGE', ctx.queue, 0, -1)
   for i, raw in ipairs(entries) do
     local ok, waiter = pcall(cjson.decode, raw)
     if ok and type(waiter) == 'table' and type(waiter.holder) == 'table'
        and same_holder(waiter.holder, holder) then
-      return i, raw
+      return i, raw, #entries
     end
   end
-  return nil
+  return nil, nil, #entries
 end
 
+-- Take `holder` off the waitlist: their position (or nil), and how many still wait.
 local function remove_waiter(ctx, holder)
-  local position, raw = waiter_position(ctx, holder)
-  if position then redis.call('LREM', ctx.queue, 1, raw) end
-  return position
+  local position, raw, count = waiter_position(ctx, holder)
+  if not position then return nil, count end
+  redis.call('LREM', ctx.queue, 1, raw)
+  return position, count - 1
 end
+
 
 -- The resource just became free: give it to the first waiter ('auto'), or tell them
 -- ('notify'). Unreadable waitlist entries are dropped, and so are waiters whose wait ran
@@ -285,6 +282,11 @@ local function hand_off(ctx, now, freed)
   end
 end
 
+-- Serve the waitlist of a lease that just ended, unless it was marked as having none.
+local function serve_waitlist(ctx, now, freed)
+  if not (freed and freed.no_waiters) then hand_off(ctx, now, freed) end
+end
+
 -- The lease key is gone but its snapshot is still indexed: it expired and nobody has
 -- said so yet. Record that now (once), then serve the waitlist.
 local function flush_expired(ctx, now)
@@ -295,7 +297,7 @@ local function flush_expired(ctx, now)
   local lease = decode_lease(stale, ctx.kind, ctx.name)
   local due = lease and lease.expires_at or now
   emit(ctx, 'expired', now, with_fields(stale, {due_at = due}))
-  hand_off(ctx, now, lease)
+  serve_waitlist(ctx, now, lease)
   return true
 end
 
@@ -346,10 +348,14 @@ if raw then
   return answer('refreshed', now, encoded)
 end
 
-local encoded = take(ctx, holder, req.note, ttl, req.origin, now)
 -- In 'auto' mode a free lease has nobody waiting (whoever waited was handed it, or their
 -- wait had run out), so only 'notify' can find the new holder in the waitlist.
-if POLICY.handoff ~= 'auto' then remove_waiter(ctx, holder) end
+local alone = true
+if POLICY.handoff ~= 'auto' then
+  local _, waiting = remove_waiter(ctx, holder)
+  alone = waiting == 0
+end
+local encoded = take(ctx, holder, req.note, ttl, req.origin, now, alone)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return answer('acquired', now, encoded)
 """
@@ -376,7 +382,7 @@ if forced then
 else
   emit(ctx, 'released', now, with_via(ctx, raw))
 end
-hand_off(ctx, now, lease)
+serve_waitlist(ctx, now, lease)
 return answer(forced and 'forced' or 'released', now, raw)
 """
 
@@ -419,12 +425,20 @@ if raw then
     return answer('waiting', now, raw, position)
   end
   position = redis.call('RPUSH', ctx.queue, cjson.encode(waiter))
+  if lease.no_waiters then
+    -- Its release must serve the waitlist now; the expiry and reminders stay as they are.
+    lease.no_waiters = nil
+    raw = cjson.encode(lease)
+    redis.call('SET', ctx.lease, raw, 'KEEPTTL')
+    redis.call('HSET', INDEX, ctx.field, raw)
+  end
   emit(ctx, 'queued', now, with_via(ctx, cjson.encode({holder = holder, position = position})))
   return answer('waiting', now, raw, position)
 end
 
 if POLICY.handoff ~= 'auto' then return answer('free', now) end
-local encoded = take(ctx, holder, req.note, req.ttl or POLICY.ttl[ctx.kind], req.origin, now)
+local ttl = req.ttl or POLICY.ttl[ctx.kind]
+local encoded = take(ctx, holder, req.note, ttl, req.origin, now, true)
 emit(ctx, 'acquired', now, with_via(ctx, encoded))
 return answer('acquired', now, encoded)
 """
@@ -451,28 +465,61 @@ local due = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', now, 'WITHSCORES',
   'LIMIT', 0, tonumber(ARGV[1]))
 local expired, reminded = 0, 0
 
+-- Every reminder of `lease` due from `since` to now; then its next due time.
+local function remind(ctx, lease, raw, since)
+  local dues = type(lease.remind_at) == 'table' and lease.remind_at or {}
+  for _, due in ipairs(dues) do
+    if tonumber(due) then
+      if due > now then return math.min(due, lease.expires_at) end
+      if due >= since and lease.expires_at > now then
+        emit(ctx, 'reminder', now, with_fields(raw, {due_at = due}))
+        reminded = reminded + 1
+      end
+    end
+  end
+  return lease.expires_at
+end
+
 for i = 1, #due, 2 do
   local member, score = due[i], tonumber(due[i + 1])
-  local what, kind, name = string.match(member, '^(%a+):(%a+):(.+)$')
-  if what == 'remind' then name = string.match(name, '^(.+):%d+$') end
-  if not (what and kind and name) or (kind ~= 'lock' and kind ~= 'claim') then
-    redis.call('ZREM', TIMELINE, member)
-  else
-    local ctx = context(kind, name, nil)
+  local what, rest = string.match(member, '^(%a+):(.+)$')
+  if what == 'lock' or what == 'claim' then
+    local ctx = context(what, rest, nil)
     local raw = redis.call('GET', ctx.lease)
-    local lease = raw and decode_lease(raw, kind, name)
-    if what == 'expire' and raw then
-      -- Still alive (extended since, or Redis has not expired it yet): look again later.
-      local due_at = lease and math.max(lease.expires_at, now + 100) or now + 1000
-      redis.call('ZADD', TIMELINE, due_at, member)
-    elseif what == 'expire' then
+    local lease = raw and decode_lease(raw, what, rest)
+    if not raw then
       redis.call('ZREM', TIMELINE, member)
       if flush_expired(ctx, now) then expired = expired + 1 end
+    elseif not lease then
+      redis.call('ZADD', TIMELINE, now + 1000, member)  -- corrupt: look again later
     else
-      redis.call('ZREM', TIMELINE, member)
-      if lease and lease.expires_at > now then
-        emit(ctx, 'reminder', now, with_fields(raw, {due_at = score}))
-        reminded = reminded + 1
+      -- Past its expiry but not yet expired by Redis: look again shortly.
+      local next_due = remind(ctx, lease, raw, score)
+      redis.call('ZADD', TIMELINE, next_due > now and next_due or now + 100, member)
+    end
+  else
+    -- Entries in the format before one entry per lease: `expire:<kind>:<name>` and
+    -- `remind:<kind>:<name>:<n>`. Their lease is served as then; a newer lease of the same
+    -- name has its own entry.
+    redis.call('ZREM', TIMELINE, member)
+    local kind, name = string.match(rest or '', '^(%a+):(.+)$')
+    if what == 'remind' and name then name = string.match(name, '^(.+):%d+$') end
+    if (what == 'expire' or what == 'remind') and (kind == 'lock' or kind == 'claim')
+       and name then
+      local ctx = context(kind, name, nil)
+      local raw = redis.call('GET', ctx.lease)
+      local lease = raw and decode_lease(raw, kind, name)
+      if what == 'expire' and not raw then
+        if flush_expired(ctx, now) then expired = expired + 1 end
+      elseif what == 'expire' and not lease then
+        redis.call('ZADD', TIMELINE, now + 1000, member)  -- corrupt: look again later
+      elseif lease and not lease.remind_at then
+        if what == 'expire' then
+          redis.call('ZADD', TIMELINE, math.max(lease.expires_at, now + 100), member)
+        elseif lease.expires_at > now then
+          emit(ctx, 'reminder', now, with_fields(raw, {due_at = score}))
+          reminded = reminded + 1
+        end
       end
     end
   end

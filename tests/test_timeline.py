@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from apscheduler.jobstores.memory import MemoryJobStore
 from servers import _free_port
@@ -47,11 +48,16 @@ async def short_reminders(redis_server_url: str, settings: Settings) -> AsyncIte
         await store.close()
 
 
-async def reminder_members(store: Store, kind: str, name: str) -> dict[str, float]:
-    """The pending reminders of one lease in the timeline: member -> due time (ms)."""
-    entries = await store.redis.zrange(store.key("timeline"), 0, -1, withscores=True)
-    prefix = f"remind:{kind}:{name}:"
-    return {str(member): score for member, score in entries if str(member).startswith(prefix)}
+async def reminder_times(store: Store, kind: str, name: str) -> list[int]:
+    """When one lease's reminders are due (ms), as armed; checks that its timeline entry is
+    due at the first of them, or at the expiry when it has none."""
+    raw = await store.redis.get(store.key("lease", kind, name))
+    assert raw is not None, f"no {kind} {name}"
+    lease = orjson.loads(raw)
+    due = lease.get("remind_at", [])
+    entry = await store.redis.zscore(store.key("timeline"), f"{kind}:{name}")
+    assert entry == (due[0] if due else lease["expires_at"])
+    return list(due)
 
 
 async def events_of(store: Store, name: str, event_type: str) -> list[Event]:
@@ -88,15 +94,8 @@ async def test_default_reminder_is_ten_minutes_before_or_at_half_life(store: Sto
     long = await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
     short = await store.acquire(LeaseKind.CLAIM, "staging-2", ALICE, ttl_ms=5 * MINUTE)
 
-    assert await reminder_members(store, "lock", "backend") == {
-        "remind:lock:backend:1": long.lease.expires_at - 10 * MINUTE
-    }
-    assert await reminder_members(store, "claim", "staging-2") == {
-        "remind:claim:staging-2:1": short.lease.acquired_at + 150_000
-    }
-    timeline = store.key("timeline")
-    assert await store.redis.zscore(timeline, "expire:lock:backend") == long.lease.expires_at
-    assert await store.redis.zscore(timeline, "expire:claim:staging-2") == short.lease.expires_at
+    assert await reminder_times(store, "lock", "backend") == [long.lease.expires_at - 10 * MINUTE]
+    assert await reminder_times(store, "claim", "staging-2") == [short.lease.acquired_at + 150_000]
 
 
 async def test_each_configured_offset_gets_its_own_reminder(
@@ -106,7 +105,7 @@ async def test_each_configured_offset_gets_its_own_reminder(
     store = policy_store(redis_server_url, settings, reminder_offsets_ms=(10 * MINUTE, MINUTE))
     try:
         change = await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
-        due = sorted((await reminder_members(store, "lock", "backend")).values())
+        due = await reminder_times(store, "lock", "backend")
     finally:
         await store.close()
 
@@ -120,14 +119,14 @@ async def test_shortening_a_lease_drops_the_reminders_it_no_longer_has(
     store = policy_store(redis_server_url, settings, reminder_offsets_ms=(10 * MINUTE, MINUTE))
     try:
         await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
-        assert len(await reminder_members(store, "lock", "backend")) == 2
+        assert len(await reminder_times(store, "lock", "backend")) == 2
         extended = await store.extend(LeaseKind.LOCK, "backend", ALICE, ttl_ms=90_000)
-        remaining = await reminder_members(store, "lock", "backend")
+        remaining = await reminder_times(store, "lock", "backend")
     finally:
         await store.close()
 
     half_life = extended.lease.expires_at - 45_000
-    assert remaining == {"remind:lock:backend:1": half_life}
+    assert remaining == [half_life]
 
 
 async def test_extending_replaces_the_pending_reminder(short_reminders: Store) -> None:
@@ -138,7 +137,7 @@ async def test_extending_replaces_the_pending_reminder(short_reminders: Store) -
     extended = await store.extend(LeaseKind.LOCK, "backend", ALICE, ttl_ms=2000)
     new_due = extended.lease.expires_at - 400
 
-    assert await reminder_members(store, "lock", "backend") == {"remind:lock:backend:1": new_due}
+    assert await reminder_times(store, "lock", "backend") == [new_due]
     await redis_clock_passes(store, old_due)
     assert (await store.sweep_due()).reminders == 0
     await sweep_until(store, "the re-armed reminder", reminders=1)
@@ -170,7 +169,7 @@ async def test_releasing_cancels_the_reminder(short_reminders: Store, settings: 
             LeaseKind.LOCK, "backend", ALICE, ttl_ms=1000, origin=ORIGIN, via=ORIGIN
         )
         await store.release(LeaseKind.LOCK, "backend", ALICE, via=ORIGIN)
-        assert await reminder_members(store, "lock", "backend") == {}
+        assert await store.redis.zscore(store.key("timeline"), "lock:backend") is None
 
         await redis_clock_passes(store, taken.lease.expires_at)
         sweeps = timeline.sweeps
@@ -179,6 +178,73 @@ async def test_releasing_cancels_the_reminder(short_reminders: Store, settings: 
 
     assert await events_of(store, "backend", "reminder") == []
     assert slack.dms("UALICE") == []
+
+
+async def rewrite_lease(store: Store, kind: str, name: str, **changes: object) -> dict:
+    """Change fields of a stored lease (None removes one), keeping its TTL and index entry."""
+    key = store.key("lease", kind, name)
+    lease = {**orjson.loads(await store.redis.get(key)), **changes}
+    lease = {field: value for field, value in lease.items() if value is not None}
+    await store.redis.set(key, orjson.dumps(lease), keepttl=True)
+    await store.redis.hset(store.key("leases"), f"{kind}:{name}", orjson.dumps(lease))
+    return lease
+
+
+async def test_reminders_missed_while_no_bot_ran_are_all_sent(
+    redis_server_url: str, settings: Settings
+) -> None:
+    """Both reminders of a lease fell due while nothing swept: one sweep sends both, each
+    with its own due time, and the lease's entry moves on to its expiry."""
+    store = policy_store(redis_server_url, settings, reminder_offsets_ms=(20 * MINUTE, MINUTE))
+    try:
+        taken = await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
+        missed = [taken.now_ms - 2000, taken.now_ms - 1000]
+        await rewrite_lease(store, "lock", "backend", remind_at=missed)
+        await store.redis.zadd(store.key("timeline"), {"lock:backend": missed[0]})
+
+        result = await store.sweep_due()
+        reminders = await events_of(store, "backend", "reminder")
+        entry = await store.redis.zscore(store.key("timeline"), "lock:backend")
+    finally:
+        await store.close()
+
+    assert result.reminders == 2
+    assert [event.data["due_at"] for event in reminders] == missed
+    assert entry == taken.lease.expires_at
+
+
+async def test_timeline_entries_written_before_one_entry_per_lease_are_still_served(
+    store: Store,
+) -> None:
+    """`remind:`/`expire:` entries from before: a lease written then still gets its reminder
+    and its expiry; a later lease of the same name is not reminded by them."""
+    timeline = store.key("timeline")
+    legacy = await store.acquire(LeaseKind.LOCK, "legacy", ALICE, ttl_ms=120 * MINUTE)
+    await rewrite_lease(store, "lock", "legacy", remind_at=None)
+    await store.redis.zrem(timeline, "lock:legacy")
+    await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=120 * MINUTE)
+    gone = await store.acquire(LeaseKind.LOCK, "gone", ALICE, ttl_ms=120 * MINUTE)
+    await store.redis.delete(store.key("lease", "lock", "gone"))  # expired, not yet noticed
+    due = legacy.now_ms - 1000
+    await store.redis.zadd(
+        timeline,
+        {
+            "remind:lock:legacy:1": due,
+            "expire:lock:legacy": legacy.lease.expires_at,
+            "remind:lock:backend:1": due,
+            "expire:lock:gone": due,
+        },
+    )
+
+    result = await store.sweep_due()
+
+    assert (result.due, result.reminders, result.expired) == (3, 1, 1)
+    [reminder] = await events_of(store, "legacy", "reminder")
+    assert reminder.data["due_at"] == due
+    assert await events_of(store, "backend", "reminder") == []
+    [expired] = await events_of(store, "gone", "expired")
+    assert expired.data["token"] == gone.lease.token
+    assert await store.redis.zscore(timeline, "expire:lock:legacy") == legacy.lease.expires_at
 
 
 async def test_each_reminder_is_sent_once(short_reminders: Store) -> None:
@@ -241,10 +307,10 @@ async def test_sweep_work_follows_due_entries_not_live_leases(store: Store) -> N
     await wait_for(all_gone, "the short leases to expire")
     result = await store.sweep_due()
 
-    assert (result.due, result.expired, result.reminders) == (6, 3, 0)
+    assert (result.due, result.expired, result.reminders) == (3, 3, 0)
     timeline = store.key("timeline")
-    assert await store.redis.zcard(timeline) == 10_000  # an expiry and a reminder per long lease
-    assert await store.redis.zscore(timeline, "expire:lock:svc-4999") is not None
+    assert await store.redis.zcard(timeline) == 5000  # one entry per long lease
+    assert await store.redis.zscore(timeline, "lock:svc-4999") is not None
     assert (await store.sweep_due()).due == 0
 
 

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 from test_announcer import (
     ALICE,
@@ -344,6 +345,60 @@ async def test_cli_wait_stopped_by_sigterm_leaves_the_waitlist(
     assert await store.waiters(LeaseKind.LOCK, "backend") == []
     await store.release(LeaseKind.LOCK, "backend", ALICE)
     assert await store.get(LeaseKind.LOCK, "backend") is None
+
+
+async def test_a_lease_with_a_waitlist_is_handed_over_however_it_ends(store: Store) -> None:
+    """A lease taken with nobody waiting skips the handoff when it ends; once somebody
+    joins, release and expiry alike serve them, and so does a lease with no mark at all
+    (written before the mark existed)."""
+    await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000)
+    await store.join_waitlist(LeaseKind.LOCK, "backend", BOB)
+    await store.release(LeaseKind.LOCK, "backend", ALICE)
+    handed = await store.get(LeaseKind.LOCK, "backend")
+    assert handed is not None and handed.holder == BOB
+
+    await store.join_waitlist(LeaseKind.LOCK, "backend", CI)
+    await store.release(LeaseKind.LOCK, "backend", BOB)
+    handed = await store.get(LeaseKind.LOCK, "backend")
+    assert handed is not None and handed.holder == CI
+
+    # A lease from before the mark: its waiter is served although nothing says one exists.
+    await store.release(LeaseKind.LOCK, "backend", CI)
+    taken = await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=300)
+    unmarked = {**taken.lease.to_dict(), "token": taken.lease.token}
+    await store.redis.set(store.key("lease", "lock", "backend"), orjson.dumps(unmarked), px=300)
+    await store.redis.hset(store.key("leases"), "lock:backend", orjson.dumps(unmarked))
+    waiter = {"holder": BOB.__dict__, "note": "", "since": taken.now_ms}
+    await store.redis.rpush(store.key("queue", "lock", "backend"), orjson.dumps(waiter))
+
+    async def handed_to_bob() -> bool:
+        await store.sweep_due()
+        lease = await store.get(LeaseKind.LOCK, "backend")
+        return lease is not None and lease.holder == BOB
+
+    await wait_for(handed_to_bob, "the expired lease to go to Bob", limit=10)
+
+
+async def test_notify_mode_keeps_telling_whoever_is_still_waiting(
+    redis_server_url: str, settings: Settings
+) -> None:
+    """In 'notify' mode the lock stays free for the waiter who is told; when they take it and
+    release it, the next one still waiting is told in turn."""
+    store = policy_store(redis_server_url, settings, handoff="notify")
+    try:
+        await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000)
+        await store.join_waitlist(LeaseKind.LOCK, "backend", BOB)
+        await store.join_waitlist(LeaseKind.LOCK, "backend", CI)
+        await store.release(LeaseKind.LOCK, "backend", ALICE)
+        await store.acquire(LeaseKind.LOCK, "backend", BOB, ttl_ms=60_000)
+        assert await store.waiters(LeaseKind.LOCK, "backend") == [CI]
+        await store.release(LeaseKind.LOCK, "backend", BOB)
+        events = await store.history("backend", count=10)
+    finally:
+        await store.close()
+
+    told = [event.data["next"]["holder"]["user_id"] for event in events if event.type == "free"]
+    assert told == [CI.user_id, BOB.user_id]
 
 
 async def test_a_waiter_whose_wait_ran_out_is_skipped_at_handoff(store: Store) -> None:
