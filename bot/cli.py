@@ -386,7 +386,7 @@ def check(ctx: Context, service: str, token: int) -> None:
             EXIT_REFUSED,
         )
     fail(
-        f"The lock on {lease.name} is now held by {lease.holder.display} with token "
+        f"The {lease.kind} on {lease.name} is now held by {lease.holder.display} with token "
         f"{lease.token}; token {token} is not valid.",
         EXIT_REFUSED,
     )

@@ -69,5 +69,5 @@ def _invalid_reason(raw: str, what: str, limit: int, punctuation: str) -> str:
         return f"A {what} name is at most {limit} characters; `{shown}` is longer."
     return (
         f"`{shown}` is not a valid {what} name: use letters, digits (ASCII only) and "
-        f"{punctuation}, up to {limit} characters."
+        f"{punctuation}, with at least one letter or digit, up to {limit} characters."
     )

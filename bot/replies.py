@@ -97,7 +97,7 @@ def waitlist_parts(
     told = "be told in the console" if who.platform == "local" else "get a DM"
     line.append(
         ". " + ("You are next" if ahead == 0 else f"{ahead} ahead of you") + "; "
-        f"you will {told} when it is yours. Say `leave` to stop waiting."
+        f"you will {told} when it is yours. Say `leave {name.text}` to stop waiting."
     )
     return line
 

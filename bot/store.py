@@ -7,7 +7,9 @@ Key layout (all under one hash tag, so a Redis Cluster keeps them in one slot):
                                                                snapshot of a lease for its
                                                                "expired" event
     {ns}:fence:<kind>:<name>   string                          last fencing token issued
-    {ns}:timeline              sorted set, score = due ms      pending expiries
+    {ns}:timeline              sorted set of "<kind>:<name>"   one entry per lease, scored by
+                                                               its next reminder or expiry
+    {ns}:queue:<kind>:<name>   list of waiter JSON             the waitlist, oldest first
     {ns}:events                capped stream                   every state change
     {ns}:jobs                  hash name -> JSON               job statuses
     {ns}:seen:<platform>:<id>  string, short TTL               chat event de-duplication

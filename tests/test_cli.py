@@ -509,7 +509,17 @@ def test_check_fails_once_someone_else_holds_the_lock(cli: Cli) -> None:
 
     assert int(new) > int(old)
     assert result.returncode == EXIT_REFUSED
-    assert "bob" in result.stderr
+    assert "The lock on backend is now held by bob" in result.stderr
+
+
+def test_check_names_a_claim_as_a_claim(cli: Cli) -> None:
+    """A wrong token for a staging claim is refused in the words of a claim."""
+    cli("claim", "staging-2", "--as", "alice", "-q")
+
+    result = cli("check", "staging-2", "--token", "1")
+
+    assert result.returncode == EXIT_REFUSED
+    assert "The claim on staging-2 is now held by alice" in result.stderr
 
 
 # jobs

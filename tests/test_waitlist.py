@@ -72,6 +72,7 @@ async def test_queue_is_idempotent_and_replies_with_the_position(
 
     assert first.startswith("Bob is number 1 in line for `backend` (held by Alice until ")
     assert "You are next" in first
+    assert first.endswith("Say `leave backend` to stop waiting.")
     assert again.startswith("Bob is number 1 in line for `backend`")
     assert carol.startswith("Carol is number 2 in line for `backend`")
     assert "1 ahead of you" in carol
