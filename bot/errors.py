@@ -150,20 +150,35 @@ class NotHeld(DeploybotError):
 
     exit_code = 1
 
-    def __init__(self, kind: LeaseKind | None, name: str) -> None:
+    def __init__(
+        self, kind: LeaseKind | None, name: str, *, held_as: LeaseKind | None = None
+    ) -> None:
         self.kind = kind
         self.name = name
-        super().__init__(f"{_title(kind)} {name} is not held by anyone right now")
+        # The other kind of lease is held under this name: the caller picked the wrong verb.
+        self.held_as = held_as
+        message = f"{_title(kind)} {name} is not held by anyone right now"
+        if held_as is not None:
+            message += f"; there is a {_lease_word(held_as)} on it"
+        super().__init__(message)
 
     def parts(self) -> list[Part]:
-        """Say it is free, so nothing needs doing."""
+        """Say it is free, so nothing needs doing, or which verb was meant."""
         if self.kind is None:
             return ["Nothing called ", Code(self.name), " is held right now; nothing changed."]
-        return [
+        parts: list[Part] = [
             f"{_title(self.kind)} ",
             Code(self.name),
             " is not held by anyone right now; nothing changed.",
         ]
+        if self.held_as is not None:
+            verb = "unlock" if self.held_as is LeaseKind.LOCK else "release"
+            parts += [
+                f" There is a {_lease_word(self.held_as)} on it: ",
+                Code(f"{verb} {self.name}"),
+                ".",
+            ]
+        return parts
 
 
 class NotAdmin(DeploybotError):
@@ -246,6 +261,10 @@ class StoreUnavailable(DeploybotError):
         super().__init__(
             f"The state store is unavailable{why}, so nothing changed. Try again shortly."
         )
+
+
+def _lease_word(kind: LeaseKind) -> str:
+    return "deploy lock" if kind is LeaseKind.LOCK else "staging claim"
 
 
 def _title(kind: LeaseKind | None) -> str:

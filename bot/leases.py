@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.durations import parse_duration
-from bot.errors import LeaseHeld, NotAdmin, NotHeld, NotHolder, UsageError, WaitTimedOut
+from bot.errors import (
+    DeploybotError,
+    LeaseHeld,
+    NotAdmin,
+    NotHeld,
+    NotHolder,
+    UsageError,
+    WaitTimedOut,
+)
 from bot.messages import one_line
 from bot.model import Event, Holder, Lease, LeaseKind, Origin
 from bot.names import normalize_name, normalize_new_name
@@ -102,7 +110,11 @@ class LeaseService:
         self, kind: LeaseKind, raw_name: str, holder: Holder, *, via: Origin | None = None
     ) -> LeaseChange:
         """Release a lease `holder` holds; the first waiter (if any) is served."""
-        return await self._store.release(kind, self.name(kind, raw_name), holder, via=via)
+        name = self.name(kind, raw_name)
+        try:
+            return await self._store.release(kind, name, holder, via=via)
+        except NotHeld as error:
+            raise await self._with_other_kind(error) from None
 
     async def join_waitlist(
         self,
@@ -241,7 +253,22 @@ class LeaseService:
         reason = _bounded(reason, "reason", MAX_REASON_LENGTH)
         if not reason:
             raise UsageError("Say why you force it, e.g. `force-unlock backend deploy is stuck`.")
-        return await self._store.release(kind, name, admin, force_reason=reason, via=via)
+        try:
+            return await self._store.release(kind, name, admin, force_reason=reason, via=via)
+        except NotHeld as error:
+            raise await self._with_other_kind(error) from None
+
+    async def _with_other_kind(self, error: NotHeld) -> NotHeld:
+        """`error`, saying so when the other kind of lease is held under that name
+        (`release web` for a lock on `web`)."""
+        if error.kind is None:
+            return error
+        other = LeaseKind.CLAIM if error.kind is LeaseKind.LOCK else LeaseKind.LOCK
+        try:
+            held = await self._store.get(other, error.name)
+        except DeploybotError:  # unreadable, or Redis gone since: the plain answer will do
+            return error
+        return error if held is None else NotHeld(error.kind, error.name, held_as=other)
 
     async def extend(
         self,

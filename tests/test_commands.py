@@ -218,6 +218,29 @@ async def test_lock_reply_names_holder_note_expiry_and_token(
     assert [held.name for held in reply.leases] == ["backend"]
 
 
+@pytest.mark.parametrize(
+    ("take", "wrong", "hint"),
+    [
+        ("lock web5", "release web5", "There is a deploy lock on it: `unlock web5`."),
+        ("claim web5", "unlock web5", "There is a staging claim on it: `release web5`."),
+    ],
+)
+async def test_releasing_with_the_other_verb_points_to_the_right_one(
+    commands: CommandHandler, store: Store, take: str, wrong: str, hint: str
+) -> None:
+    """`release` of a name that is locked (or `unlock` of a claimed one) frees nothing and
+    says which verb would."""
+    await say(commands, take)
+    before = await snapshot(store)
+
+    reply, text = await say(commands, wrong)
+
+    assert_polite_refusal(reply, text)
+    assert "is not held by anyone right now; nothing changed." in text
+    assert text.endswith(hint)
+    assert await snapshot(store) == before
+
+
 async def test_lock_again_by_the_holder_refreshes_with_the_same_token(
     commands: CommandHandler, store: Store
 ) -> None:
