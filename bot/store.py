@@ -391,10 +391,7 @@ class Store:
         forced = force_reason is not None
         request = {"caller": caller.__dict__, "forced": forced, "reason": force_reason or ""}
         outcome, now, _, raw = await self._lease_script(self._release, kind, name, via, request)
-        if outcome == "free":
-            raise NotHeld(kind, name)
-        if outcome == "corrupt":
-            raise CorruptRecord(self._lease_key(kind, name))
+        self._refuse_free_or_corrupt(outcome, kind, name)
 
         lease = self._parse_or_placeholder(raw, kind, name, now)
         if outcome == "not_holder":
@@ -687,11 +684,15 @@ class Store:
     ) -> tuple[str, Lease, int]:
         """Run a lease script; map free and corrupt outcomes to their errors."""
         outcome, now, _, raw = await self._lease_script(script, kind, name, via, request)
+        self._refuse_free_or_corrupt(outcome, kind, name)
+        return outcome, self._parse(raw, kind, name), now
+
+    def _refuse_free_or_corrupt(self, outcome: str, kind: LeaseKind, name: str) -> None:
+        """Raise NotHeld or CorruptRecord for a lease script's `free` or `corrupt` answer."""
         if outcome == "free":
             raise NotHeld(kind, name)
         if outcome == "corrupt":
             raise CorruptRecord(self._lease_key(kind, name))
-        return outcome, self._parse(raw, kind, name), now
 
     async def _lease_script(
         self,
@@ -727,8 +728,9 @@ class Store:
         """A lease a script answered with; CorruptRecord (naming its key) when unreadable."""
         try:
             return Lease.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            return _parse_lease(raw, self._lease_key(kind, name))
+        except (ValueError, KeyError, TypeError) as error:
+            # The key only for the error: building it costs more than the parse.
+            raise _corrupt(self._lease_key(kind, name), error) from None
 
     def _lease_key(self, kind: LeaseKind, name: str) -> str:
         return self.key("lease", kind, name)
@@ -1238,8 +1240,13 @@ def _parse_lease(raw: str | bytes, key: str) -> Lease:
     try:
         return Lease.from_json(raw)
     except (ValueError, KeyError, TypeError) as error:
-        log.warning("corrupt lease record key=%s error=%s", key, type(error).__name__)
-        raise CorruptRecord(key) from None
+        raise _corrupt(key, error) from None
+
+
+def _corrupt(key: str, error: Exception) -> CorruptRecord:
+    """The error for the unreadable lease record at `key`, logged once here."""
+    log.warning("corrupt lease record key=%s error=%s", key, type(error).__name__)
+    return CorruptRecord(key)
 
 
 def _parse_event(entry_id: str, fields: dict[Any, Any]) -> Event | None:
