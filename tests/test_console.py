@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from test_announcer import cli_env
 
 from adapters.console import ConsoleAdapter
 from bot.commands import CommandHandler
@@ -91,28 +92,29 @@ async def test_console_acts_as_the_local_user(commands: CommandHandler, store: S
     assert lease.origin is None
 
 
-def test_console_command_answers_piped_input_and_exits_at_eof(
-    redis_server_url: str, namespace: str, tmp_path: Path
-) -> None:
-    """`deploybot console --as alice` with piped stdin prints each reply and exits 0 at EOF."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "REDIS_URL" and not key.startswith("DEPLOYBOT_")
-    }
-    env |= {"REDIS_URL": redis_server_url, "DEPLOYBOT_NAMESPACE": namespace}
-    script = "lock backend 30m hotfix\n\nstatus\nunlock backend\nstatus backend\n"
-
-    result = subprocess.run(
+def console_as_alice(
+    redis_server_url: str, namespace: str, tmp_path: Path, script: str
+) -> subprocess.CompletedProcess[str]:
+    """`deploybot console --as alice` on the test server, with `script` piped in."""
+    return subprocess.run(
         [str(DEPLOYBOT), "console", "--as", "alice"],
         input=script,
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(redis_server_url, namespace, tmp_path),
         cwd=tmp_path,
         timeout=60,
         check=False,
     )
+
+
+def test_console_command_answers_piped_input_and_exits_at_eof(
+    redis_server_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """`deploybot console --as alice` with piped stdin prints each reply and exits 0 at EOF."""
+    script = "lock backend 30m hotfix\n\nstatus\nunlock backend\nstatus backend\n"
+
+    result = console_as_alice(redis_server_url, namespace, tmp_path, script)
 
     out = result.stdout
     assert result.returncode == 0, result.stderr
@@ -128,23 +130,7 @@ def test_a_long_piped_script_is_not_rate_limited(
     redis_server_url: str, namespace: str, tmp_path: Path
 ) -> None:
     """More lines than the chat rate limit (30 a minute) are all answered, none refused."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "REDIS_URL" and not key.startswith("DEPLOYBOT_")
-    }
-    env |= {"REDIS_URL": redis_server_url, "DEPLOYBOT_NAMESPACE": namespace}
-
-    result = subprocess.run(
-        [str(DEPLOYBOT), "console", "--as", "alice"],
-        input="jobs\n" * 40,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = console_as_alice(redis_server_url, namespace, tmp_path, "jobs\n" * 40)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["No jobs reported."] * 40

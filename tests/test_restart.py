@@ -188,14 +188,20 @@ async def handoff_while_stopped(runtime: Runtime, *, then_release: bool) -> None
     await redis_clock_passes(store, handed.now_ms + 2 * LATE_AFTER_MS)
 
 
-async def test_a_handoff_made_while_stopped_is_marked_late(runtime: Runtime) -> None:
-    """Bob still holds what was handed to him: the DM says until when, and that it is late."""
-    await handoff_while_stopped(runtime, then_release=False)
+async def late_handoff_posts(runtime: Runtime, *, then_release: bool) -> Recorder:
+    """A handoff made while no deploybot ran, then what a started one posts about it."""
+    await handoff_while_stopped(runtime, then_release=then_release)
 
     slack = Recorder("slack")
     async with time_driven(runtime, {"slack": slack}, None):
         await wait_for(lambda: slack.dms("UBOB"), "Bob's handoff DM")
         await wait_for(lambda: drained(runtime.store), "the announcer to catch up")
+    return slack
+
+
+async def test_a_handoff_made_while_stopped_is_marked_late(runtime: Runtime) -> None:
+    """Bob still holds what was handed to him: the DM says until when, and that it is late."""
+    slack = await late_handoff_posts(runtime, then_release=False)
 
     [dm] = slack.dms("UBOB")
     assert dm.text.startswith("You were first in line: the lock on `backend` is yours until ")
@@ -209,12 +215,7 @@ async def test_a_handoff_made_while_stopped_is_marked_late(runtime: Runtime) -> 
 async def test_a_handoff_that_ended_while_stopped_says_it_ended(runtime: Runtime) -> None:
     """Bob got the lock and released it before any deploybot ran: the late DM says it was
     his and has ended, not that it is his until some time, and offers no buttons."""
-    await handoff_while_stopped(runtime, then_release=True)
-
-    slack = Recorder("slack")
-    async with time_driven(runtime, {"slack": slack}, None):
-        await wait_for(lambda: slack.dms("UBOB"), "Bob's handoff DM")
-        await wait_for(lambda: drained(runtime.store), "the announcer to catch up")
+    slack = await late_handoff_posts(runtime, then_release=True)
 
     [dm] = slack.dms("UBOB")
     assert dm.text.startswith("You were first in line: the lock on `backend` was handed to you")

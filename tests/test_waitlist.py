@@ -267,6 +267,25 @@ async def start_cli(
     return process
 
 
+async def ci_bot_in_line(
+    store: Store,
+    processes: list[asyncio.subprocess.Process],
+    env: dict[str, str],
+    cwd: Path,
+    wait: str,
+) -> asyncio.subprocess.Process:
+    """`deploybot lock backend --as ci-bot --wait <wait>`, once it is on the waitlist."""
+    process = await start_cli(
+        processes, env, cwd, "lock", "backend", "--as", "ci-bot", "--wait", wait
+    )
+
+    async def ci_waiting() -> bool:
+        return await store.waiters(LeaseKind.LOCK, "backend") == [CI]
+
+    await wait_for(ci_waiting, "ci-bot on the waitlist", limit=20)
+    return process
+
+
 async def test_cli_wait_gets_the_lock_when_the_holder_releases(
     store: Store,
     settings: Settings,
@@ -277,14 +296,7 @@ async def test_cli_wait_gets_the_lock_when_the_holder_releases(
     """`lock backend --as ci-bot --wait 30s` joins the waitlist and exits 0 once it holds it."""
     await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000, origin=ORIGIN)
     env = cli_env(redis_server_url, settings.namespace, tmp_path)
-    process = await start_cli(
-        waiting_cli, env, tmp_path, "lock", "backend", "--as", "ci-bot", "--wait", "30s"
-    )
-
-    async def ci_waiting() -> bool:
-        return await store.waiters(LeaseKind.LOCK, "backend") == [CI]
-
-    await wait_for(ci_waiting, "ci-bot on the waitlist", limit=20)
+    process = await ci_bot_in_line(store, waiting_cli, env, tmp_path, "30s")
     await store.release(LeaseKind.LOCK, "backend", ALICE)
     out, err = await asyncio.wait_for(process.communicate(), timeout=30)
 
@@ -329,14 +341,7 @@ async def test_cli_wait_stopped_by_sigterm_leaves_the_waitlist(
     nobody waiting, and the lock is not handed to a process that is gone."""
     await store.acquire(LeaseKind.LOCK, "backend", ALICE, ttl_ms=60_000)
     env = cli_env(redis_server_url, settings.namespace, tmp_path)
-    process = await start_cli(
-        waiting_cli, env, tmp_path, "lock", "backend", "--as", "ci-bot", "--wait", "5m"
-    )
-
-    async def ci_waiting() -> bool:
-        return await store.waiters(LeaseKind.LOCK, "backend") == [CI]
-
-    await wait_for(ci_waiting, "ci-bot on the waitlist", limit=20)
+    process = await ci_bot_in_line(store, waiting_cli, env, tmp_path, "5m")
     process.send_signal(signal.SIGTERM)
     _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
 
